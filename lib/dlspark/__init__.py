@@ -1,0 +1,1 @@
+"""dlspark: Spark-native distributed deep learning."""

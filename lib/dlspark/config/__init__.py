@@ -1,0 +1,17 @@
+"""Configuration: YAML layers + CLI overrides -> frozen, validated dataclasses."""
+from dlspark.config.loader import PROFILES, apply_override, config_hash, deep_merge, load_config
+from dlspark.config.schema import (
+    AppConfig,
+    ImageIngestConfig,
+    PathsConfig,
+    RunConfig,
+    SparkConfig,
+    SplitConfig,
+    TextIngestConfig,
+)
+from dlspark.config.typed import ConfigError, to_dict
+
+__all__ = [
+    "PROFILES", "AppConfig", "ConfigError", "ImageIngestConfig", "PathsConfig", "RunConfig", "SparkConfig",
+    "SplitConfig", "TextIngestConfig", "apply_override", "config_hash", "deep_merge", "load_config", "to_dict",
+]

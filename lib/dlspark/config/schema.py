@@ -1,0 +1,168 @@
+"""Typed, validated configuration sections. Pure code: no Spark import.
+
+Each section is a frozen dataclass checked in ``__post_init__``; ``AppConfig`` is the root that
+``load_config`` builds from ``conf/base.yaml`` + profile + ``--set`` overrides.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dlspark.config.typed import ConfigError
+
+TableFormat = Literal["parquet", "delta"]
+_MEMORY = re.compile(r"^\d+[kmgt]?b?$", re.IGNORECASE)
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Identity and logging of a run."""
+
+    name: str = "dlspark"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where data lives. Relative table and input paths in other sections resolve against ``data_dir``."""
+
+    data_dir: str = "data"
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """SparkSession settings; ``conf`` passes any other ``spark.*`` key through unchanged."""
+
+    master: str = "local[*]"
+    app_name: str = "dlspark"
+    deploy_mode: Literal["client", "cluster"] = "client"
+    driver_memory: str = "4g"
+    executor_memory: str = "2g"
+    executor_cores: int | None = None
+    executor_instances: int | None = None
+    shuffle_partitions: int = 8
+    arrow_max_records_per_batch: int = 512
+    files_open_cost_bytes: int = 262144
+    python: str | None = None
+    executor_gpus: int = 0
+    task_gpus: float = 0.0
+    gpu_discovery_script: str | None = None
+    ui_enabled: bool = True
+    delta_writer: Literal["auto", "spark", "delta-rs"] = "auto"
+    conf: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("driver_memory", "executor_memory"):
+            value = getattr(self, name)
+            _require(bool(_MEMORY.match(value)), f"spark.{name}: {value!r} is not a JVM memory size; use e.g. 4g or 512m")
+        _require(self.shuffle_partitions >= 1, f"spark.shuffle_partitions: must be >= 1, got {self.shuffle_partitions}")
+        _require(self.arrow_max_records_per_batch >= 1, "spark.arrow_max_records_per_batch: must be >= 1")
+        _require(self.task_gpus >= 0 and self.executor_gpus >= 0, "spark.executor_gpus/task_gpus: must be >= 0")
+        _require(
+            not (self.task_gpus > 0 and self.executor_gpus == 0),
+            f"spark.task_gpus is {self.task_gpus} but spark.executor_gpus is 0: set spark.executor_gpus too",
+        )
+        secret_like = [k for k in self.conf if re.search(r"secret|password|token|access\.key", k, re.IGNORECASE)]
+        _require(
+            not secret_like,
+            f"spark.conf.{secret_like[0] if secret_like else ''}: credentials do not belong in config files; "
+            "export them as environment variables (e.g. AWS_ACCESS_KEY_ID) for Hadoop/fsspec to pick up",
+        )
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Deterministic train/val/test assignment by content hash; ``salt`` reshuffles it reproducibly."""
+
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    salt: str = ""
+
+    def __post_init__(self) -> None:
+        parts = {"train": self.train, "val": self.val, "test": self.test}
+        bad = [k for k, v in parts.items() if not 0.0 <= v <= 1.0]
+        _require(not bad, f"split.{bad[0] if bad else ''}: fractions must lie in [0, 1], got {parts}")
+        total = sum(parts.values())
+        _require(abs(total - 1.0) < 1e-6, f"split: train + val + test must be 1.0, got {total:.4f} from {parts}")
+
+
+@dataclass(frozen=True)
+class ImageIngestConfig:
+    """Image files -> fixed-shape uint8 tensors table (see ``dlspark.images``)."""
+
+    input: str = "landing/images"
+    output: str = "tables/images"
+    quarantine: str = "tables/images_quarantine"
+    format: TableFormat = "parquet"
+    glob: str = "*"
+    recursive: bool = True
+    label_source: Literal["folder", "csv", "none"] = "folder"
+    labels_csv: str | None = None
+    color_mode: Literal["RGB", "L"] = "RGB"
+    size: tuple[int, int] = (224, 224)
+    resize: Literal["center_crop", "stretch", "pad"] = "center_crop"
+    keep_original: bool = False
+    max_pixels: int = 40_000_000
+    max_file_bytes: int = 64 * 1024 * 1024
+    dedup: bool = True
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        _require(all(s >= 1 for s in self.size), f"ingest_images.size: height and width must be >= 1, got {list(self.size)}")
+        _require(self.max_pixels >= 1, "ingest_images.max_pixels: must be >= 1")
+        _require(self.max_file_bytes >= 1, "ingest_images.max_file_bytes: must be >= 1")
+        _require(
+            (self.label_source == "csv") == (self.labels_csv is not None),
+            "ingest_images.labels_csv: set it exactly when label_source is 'csv' "
+            f"(label_source={self.label_source!r}, labels_csv={self.labels_csv!r})",
+        )
+
+
+@dataclass(frozen=True)
+class TextIngestConfig:
+    """Text rows -> normalised, tokenized table (see ``dlspark.text``)."""
+
+    input: str = "landing/text"
+    input_format: Literal["csv", "jsonl", "parquet"] = "csv"
+    encoding: str = "UTF-8"
+    text_column: str = "text"
+    label_column: str | None = "label"
+    labels: tuple[str, ...] | None = None
+    output: str = "tables/text"
+    quarantine: str = "tables/text_quarantine"
+    format: TableFormat = "parquet"
+    tokenizer: str = "minilm"
+    max_length: int = 64
+    lowercase: bool = False
+    mask_urls: bool = True
+    mask_mentions: bool = True
+    url_token: str = "http"
+    mention_token: str = "@user"
+    dedup: bool = True
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        _require(2 <= self.max_length <= 8192, f"ingest_text.max_length: must be in [2, 8192], got {self.max_length}")
+        _require(bool(self.text_column), "ingest_text.text_column: must name the input's text column")
+        if self.labels is not None:
+            _require(len(set(self.labels)) == len(self.labels) > 0, f"ingest_text.labels: must be distinct and non-empty, got {self.labels}")
+            _require(self.label_column is not None, "ingest_text.labels is set but label_column is null: set label_column")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The whole resolved configuration; built once by ``load_config`` and passed down."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    ingest_images: ImageIngestConfig = field(default_factory=ImageIngestConfig)
+    ingest_text: TextIngestConfig = field(default_factory=TextIngestConfig)

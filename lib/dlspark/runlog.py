@@ -1,0 +1,106 @@
+"""Run identity, structured logging, per-stage progress lines and the JSON run summary. Pure code."""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+import fsspec
+
+from dlspark.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id() -> str:
+    """Sortable, unique run id: UTC timestamp plus 6 random hex digits."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+class _RunIdFilter(logging.Filter):
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.run_id = self.run_id
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, run_id, msg (+ exc)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "run_id": getattr(record, "run_id", None),
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(cfg: RunConfig, run_id: str) -> None:
+    """Configure the root logger once per process: level, format and the run id on every line."""
+    handler = logging.StreamHandler()
+    handler.addFilter(_RunIdFilter(run_id))
+    if cfg.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(run_id)s] %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(cfg.log_level)
+    for noisy in ("py4j", "urllib3", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@dataclass
+class StageTimings:
+    """Wall-clock seconds per named stage, in the order they ran."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def log_progress(stage: str, *, rows: int, seconds: float, quarantined: int = 0, unit: str = "rows") -> None:
+    """One progress line per stage: throughput, rows and quarantined count."""
+    rate = rows / seconds if seconds > 0 else float("nan")
+    log.info("stage %s: %d %s in %.1fs (%.1f %s/s), %d quarantined", stage, rows, unit, seconds, rate, unit, quarantined)
+
+
+def write_json(uri: str, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as pretty JSON to a local path or any fsspec URI, atomically where the FS allows."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    with fs.open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True, default=str)
+    fs.mv(tmp, path)
+
+
+def read_json(uri: str) -> dict[str, Any] | None:
+    """Read a JSON file written by :func:`write_json`; ``None`` when it does not exist."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "r") as fh:
+        return json.load(fh)

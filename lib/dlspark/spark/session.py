@@ -1,0 +1,93 @@
+"""Build the one SparkSession of a job from :class:`SparkConfig`."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from dlspark.config import SparkConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+
+def spark_conf_pairs(cfg: SparkConfig) -> dict[str, str]:
+    """All ``spark.*`` settings implied by ``cfg`` (pure: testable without a JVM)."""
+    conf = {
+        "spark.app.name": cfg.app_name,
+        "spark.master": cfg.master,
+        "spark.submit.deployMode": cfg.deploy_mode,
+        "spark.driver.memory": cfg.driver_memory,
+        "spark.executor.memory": cfg.executor_memory,
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_max_records_per_batch),
+        "spark.sql.files.openCostInBytes": str(cfg.files_open_cost_bytes),
+        "spark.ui.enabled": str(cfg.ui_enabled).lower(),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.adaptive.enabled": "true",
+    }
+    if cfg.executor_cores:
+        conf["spark.executor.cores"] = str(cfg.executor_cores)
+    if cfg.executor_instances:
+        conf["spark.executor.instances"] = str(cfg.executor_instances)
+    if cfg.executor_gpus:
+        conf["spark.executor.resource.gpu.amount"] = str(cfg.executor_gpus)
+        conf["spark.task.resource.gpu.amount"] = str(cfg.task_gpus or 1.0 / max(cfg.executor_cores or 1, 1))
+        if cfg.gpu_discovery_script:
+            conf["spark.executor.resource.gpu.discoveryScript"] = cfg.gpu_discovery_script
+    python = executor_python(cfg)
+    conf["spark.pyspark.python"] = python
+    if cfg.deploy_mode == "client":
+        conf["spark.pyspark.driver.python"] = sys.executable
+    conf.update(cfg.conf)
+    return conf
+
+
+def executor_python(cfg: SparkConfig) -> str:
+    """The interpreter executors run: config, else ``PYSPARK_PYTHON``, else this one."""
+    return cfg.python or os.environ.get("PYSPARK_PYTHON") or sys.executable
+
+
+def build_spark_session(cfg: SparkConfig) -> "SparkSession":
+    """Create (or reuse) the SparkSession described by ``cfg``.
+
+    Sets ``PYSPARK_PYTHON`` so executors use the project's interpreter, enables Arrow, and adds the
+    Delta extensions when delta-spark's classes are on the classpath (checked after start-up).
+    """
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = executor_python(cfg)
+    if cfg.deploy_mode == "client":
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    builder = SparkSession.builder
+    for key, value in spark_conf_pairs(cfg).items():
+        builder = builder.config(key, value)
+    if cfg.delta_writer != "delta-rs" and _delta_jars_listed(cfg):
+        builder = builder.config("spark.sql.extensions", DELTA_EXTENSION)
+        builder = builder.config("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    log.info("spark session: master=%s app=%s version=%s", cfg.master, cfg.app_name, spark.version)
+    return spark
+
+
+def delta_spark_available(spark: "SparkSession") -> bool:
+    """True when delta-spark's classes load in this JVM (the native Delta writer can be used)."""
+    try:
+        spark._jvm.java.lang.Class.forName(DELTA_CATALOG)  # type: ignore[union-attr]
+        return True
+    except Exception:  # noqa: BLE001 - py4j raises its own error types; any failure means "no"
+        return False
+
+
+def _delta_jars_listed(cfg: SparkConfig) -> bool:
+    jars = ",".join(cfg.conf.get(k, "") for k in ("spark.jars", "spark.jars.packages"))
+    return "delta" in jars or os.environ.get("DLSPARK_DELTA_JARS") == "1"

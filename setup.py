@@ -1,0 +1,41 @@
+"""Packaging for dlspark: Spark-native ingest, training and inference for deep learning.
+
+Install for development with ``./setup.sh`` (what ``make setup`` runs), which applies
+``constraints.txt``. Extras: torch, tf, horovod, petastorm, delta, mlflow, dev.
+"""
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    "torch": ["torch>=2.1"],
+    "tf": ["tensorflow-cpu>=2.16"],
+    "horovod": ["horovod==0.28.1"],
+    # petastorm 0.13.1 pins setuptools<70 (it never imports setuptools) while torch>=2.6 needs
+    # setuptools>=77, so pip cannot resolve both: setup.sh installs petastorm itself with --no-deps
+    # and this extra carries its real runtime dependencies.
+    "petastorm": ["dill>=0.2.1", "diskcache>=3.0.0", "future>=0.10.2", "psutil>=4.0.0", "pyzmq>=14.0.0", "six>=1.5.0", "packaging>=15.0"],
+    "delta": ["deltalake>=1.0"],
+    "mlflow": ["mlflow>=3.0"],
+    "dev": ["pytest>=8", "pytest-timeout", "ruff", "mypy", "types-PyYAML", "jupytext", "nbclient", "ipykernel"],
+}
+
+setup(
+    name="dlspark",
+    version="0.1.0",
+    description="Spark-native distributed deep-learning pipeline: ingest, training, inference",
+    python_requires=">=3.10",
+    package_dir={"": "lib", "pipelines": "pipelines"},
+    packages=find_packages("lib") + ["pipelines"],
+    include_package_data=True,
+    install_requires=[
+        "pyspark>=3.5",
+        "pyarrow>=12",
+        "numpy>=1.23",
+        "pandas>=2.0",
+        "pillow>=10",
+        "pyyaml>=6",
+        "fsspec>=2023.1",
+        "transformers>=4.40",
+        "tokenizers>=0.19",
+    ],
+    extras_require=EXTRAS,
+)
