@@ -47,8 +47,12 @@ install_fashion_mnist() {
     fi
 }
 
-# pip, minus the machine-local index's "Location ... is ignored" noise; failures still fail.
-pip_install() { "$VENV/bin/pip" install -q "$@" 2> >(grep -v '^WARNING: Location' >&2); }
+# pip, minus the machine-local index's "Location ... is ignored" noise and the known, harmless
+# petastorm setuptools<70 complaint (see setup.py); failures still fail.
+pip_install() {
+    "$VENV/bin/pip" install -q "$@" 2> >(grep -v -e '^WARNING: Location' -e 'petastorm 0.13.1 requires setuptools<70' \
+        -e "^ERROR: pip's dependency resolver does not currently take into account" >&2)
+}
 
 stamp() { cat setup.py constraints.txt setup.sh | sha256sum | cut -c1-16; }
 

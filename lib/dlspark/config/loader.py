@@ -18,17 +18,20 @@ from dlspark.config.typed import ConfigError, build, to_dict
 
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 PROFILES = ("local", "standalone", "yarn", "k8s")
+PASSTHROUGH_MAPS = ("spark.conf",)  # mappings keyed by dotted Spark property names
 
 
 def load_config(
     *,
     profile: str = "local",
-    pipeline: str | None = None,
+    pipeline: str | Sequence[str] | None = None,
     conf_dir: str | os.PathLike | None = None,
     extra_files: Sequence[str] = (),
     overrides: Sequence[str] = (),
 ) -> AppConfig:
     """Merge the YAML layers and ``key.path=value`` overrides, then validate into :class:`AppConfig`.
+
+    ``pipeline`` names one or more ``conf/pipelines/<name>.yaml`` layers, applied in order.
 
     Raises
     ------
@@ -37,8 +40,8 @@ def load_config(
     """
     root = Path(conf_dir or os.environ.get("DLSPARK_CONF_DIR") or DEFAULT_CONF_DIR)
     layers = [root / "base.yaml"]
-    if pipeline:
-        layers.append(_existing(root / "pipelines" / f"{pipeline}.yaml", f"pipeline {pipeline!r}", root / "pipelines"))
+    for name in [pipeline] if isinstance(pipeline, str) else (pipeline or ()):
+        layers.append(_existing(root / "pipelines" / f"{name}.yaml", f"pipeline {name!r}", root / "pipelines"))
     layers.append(_existing(root / "profiles" / f"{profile}.yaml", f"profile {profile!r}", root / "profiles"))
     layers.extend(_existing(Path(p), "--conf file") for p in extra_files)
     merged: dict[str, Any] = {}
@@ -76,15 +79,19 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_override(data: dict[str, Any], item: str) -> dict[str, Any]:
-    """Apply one ``--set a.b.c=value`` override; the value is parsed as YAML (``3``, ``[28, 28]``, ``null``)."""
+    """Apply one ``--set a.b.c=value`` override; the value is parsed as YAML (``3``, ``[28, 28]``, ``null``).
+
+    Under ``spark.conf`` the rest of the key is one Spark property and the value stays a string:
+    ``--set spark.conf.spark.sql.ansi.enabled=true``.
+    """
     key, sep, raw = item.partition("=")
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
         raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set ingest_images.size=[28,28]")
+    parts, passthrough = _key_parts(key.strip())
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = raw if passthrough else yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
-    parts = key.strip().split(".")
     out = copy.deepcopy(data)
     node = out
     for depth, part in enumerate(parts[:-1]):
@@ -100,6 +107,13 @@ def config_hash(cfg: AppConfig) -> str:
     """Short, stable hash of the resolved config, for run summaries and lineage."""
     canonical = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _key_parts(key: str) -> tuple[list[str], bool]:
+    for prefix in PASSTHROUGH_MAPS:
+        if key.startswith(prefix + "."):
+            return [*prefix.split("."), key[len(prefix) + 1:]], True
+    return key.split("."), False
 
 
 def _existing(path: Path, what: str, folder: Path | None = None) -> Path:

@@ -106,6 +106,7 @@ class ImageIngestConfig:
     recursive: bool = True
     label_source: Literal["folder", "csv", "none"] = "folder"
     labels_csv: str | None = None
+    labels: tuple[str, ...] | None = None
     color_mode: Literal["RGB", "L"] = "RGB"
     size: tuple[int, int] = (224, 224)
     resize: Literal["center_crop", "stretch", "pad"] = "center_crop"
@@ -124,6 +125,9 @@ class ImageIngestConfig:
             "ingest_images.labels_csv: set it exactly when label_source is 'csv' "
             f"(label_source={self.label_source!r}, labels_csv={self.labels_csv!r})",
         )
+        if self.labels is not None:
+            _require(len(set(self.labels)) == len(self.labels) > 0, f"ingest_images.labels: must be distinct and non-empty, got {self.labels}")
+            _require(self.label_source != "none", "ingest_images.labels is set but label_source is 'none': set label_source")
 
 
 @dataclass(frozen=True)

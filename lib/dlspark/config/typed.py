@@ -43,8 +43,8 @@ def build(cls: type[T], data: Any, key: str = "") -> T:
         raise ConfigError(f"{_join(key, missing[0])}: required key is missing; set it in the YAML or with --set")
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
+    except ConfigError as exc:
+        raise ConfigError(_qualify(str(exc), key)) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key or '<root>'}: {exc}") from exc
 
@@ -125,6 +125,14 @@ def _has_no_default(field: dataclasses.Field) -> bool:
 
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
+
+
+def _qualify(message: str, key: str) -> str:
+    """Give a nested section's own check its full key: ``split: ...`` -> ``ingest_text.split: ...``."""
+    head = key.rpartition(".")[2]
+    if "." in key and message.startswith((head + ":", head + ".")):
+        return key + message[len(head):]
+    return message
 
 
 def _unknown_key_message(prefix: str, name: str, known: list[str]) -> str:

@@ -119,7 +119,7 @@ def _to_mode(img: Image.Image, mode: str) -> Image.Image:
         # 16/32-bit greyscale: scale to 8 bits instead of Pillow's clipping at 255.
         arr = np.asarray(img, dtype=np.float64)
         peak = arr.max() or 1.0
-        img = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(np.clip(np.rint(arr * (255.0 / peak)), 0, 255).astype(np.uint8), mode="L")
     elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite transparent pixels on white rather than letting them turn black.
         rgba = img.convert("RGBA")

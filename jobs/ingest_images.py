@@ -1,0 +1,32 @@
+"""Ingest new images files into the images table (plus quarantine table, ledger and run summary).
+
+    ./spark-submit.sh jobs/ingest_images.py [--profile local|standalone|yarn|k8s] [--set ingest_images.format=delta]
+
+Settings: conf/base.yaml section ingest_images, overlaid by conf/pipelines/ingest_images.yaml. Exit codes:
+0 done (counts reconciled), 1 failed, 2 bad configuration.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from dlspark.cli import config_from_args, job_parser, run_job
+from dlspark.runlog import new_run_id, setup_logging
+from dlspark.spark.session import build_spark_session
+from pipelines.ingest_images import ingest_images
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = job_parser(__doc__).parse_args(argv)
+    cfg = config_from_args(args, pipeline="ingest_images")
+    run_id = new_run_id()
+    setup_logging(cfg.run, run_id)
+    spark = build_spark_session(cfg.spark)
+    report = ingest_images(spark, cfg, run_id)
+    print(f"ingest_images {run_id}: {report.counts.describe()}")
+    print(f"summary: {report.summary['summary_path']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(main))

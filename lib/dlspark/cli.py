@@ -1,0 +1,45 @@
+"""Shared command-line surface of the jobs: config layers, overrides, and error-to-exit-code mapping."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from dlspark.config import PROFILES, AppConfig, ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+
+
+def job_parser(description: str | None) -> argparse.ArgumentParser:
+    """An argparse parser with the options every job takes."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="local", help=f"environment profile: {', '.join(PROFILES)} (default local)")
+    parser.add_argument("--conf", action="append", default=[], metavar="FILE", help="extra YAML layer (repeatable)")
+    parser.add_argument("--conf-dir", default=None, help="config folder (default: the repo's conf/ or $DLSPARK_CONF_DIR)")
+    parser.add_argument(
+        "--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+        help="override one key, value parsed as YAML, e.g. --set ingest_images.size=[64,64] (repeatable)",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, pipeline: str | Sequence[str] | None) -> AppConfig:
+    """Load and validate the config named by the parsed arguments."""
+    return load_config(
+        profile=args.profile, pipeline=pipeline, conf_dir=args.conf_dir, extra_files=args.conf, overrides=args.overrides
+    )
+
+
+def run_job(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a job's ``main``: a bad config exits 2 with the message, any other failure exits 1."""
+    try:
+        return main(argv)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except Exception:  # noqa: BLE001 - the job boundary: log with traceback, return an exit code
+        log.exception("job failed")
+        return EXIT_FAILED

@@ -1,0 +1,167 @@
+"""The shared second half of every ingest: labels, dedup, writes, ledger, reconciled counts, run summary.
+
+``commit_ingest`` takes the decoded/tokenized rows (one per record, with ``record_id``, ``sha256``,
+``label``, ``split``, ``reject_reason``/``reject_detail``) and makes the run's outputs durable in this
+order: table, quarantine table, label mapping, ledger, summary. A crash after the table write is safe
+to rerun: the rerun finds the same content hashes in the table and counts them as duplicates.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+
+from dlspark.ingest.files import FileCounts, Sidecar, append_ledger
+from dlspark.ingest.outcome import (
+    DUPLICATE, QUARANTINED, WRITTEN, IngestCounts, outcome_counts, quarantine_rows, with_label_index, with_outcome,
+)
+from dlspark.labels import resolve_label_map
+from dlspark.runlog import StageTimings, log_progress, read_json, write_json
+from dlspark.spark.tables import read_table, table_exists, write_table
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestTarget:
+    """Where and how one ingest writes; ``columns`` (SQL select expressions) is the table's schema contract."""
+
+    pipeline: str
+    output: str
+    quarantine: str
+    fmt: str
+    delta_writer: str
+    dedup: bool
+    labelled: bool
+    fixed_labels: Sequence[str] | None
+    columns: Sequence[str]
+    source_col: str
+    raw_col: str | None
+    unit: str = "records"
+
+
+@dataclass
+class IngestReport:
+    """What a run did; ``summary`` is also written as JSON beside the table."""
+
+    counts: IngestCounts
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def commit_ingest(
+    spark: "SparkSession",
+    records: "DataFrame",
+    files: "DataFrame",
+    file_counts: FileCounts,
+    target: IngestTarget,
+    *,
+    run_id: str,
+    timings: StageTimings,
+    context: dict[str, Any],
+    record_metrics: "Mapping[str, Column] | None" = None,
+) -> IngestReport:
+    """Label, dedup, write and account for ``records`` (the new files' rows); see the module docstring.
+
+    ``record_metrics`` are aggregate expressions over all records seen (e.g. how many texts had
+    undecodable bytes); their values go into the run summary under ``metrics``.
+    """
+    records = records.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        start = time.perf_counter()
+        with timings.stage("process"):
+            seen = records.count()
+        log_progress("process", rows=seen, seconds=time.perf_counter() - start, unit=target.unit)
+        if seen:
+            mapping = _label_mapping(records, target)
+            classified = with_outcome(with_label_index(records, mapping), _existing_hashes(spark, target), dedup=target.dedup)
+            writes = _write_outputs(classified, target, run_id, timings)
+            by_outcome, reasons = outcome_counts(classified), _reason_counts(classified)
+            metrics = _metrics(records, record_metrics)
+            if mapping is not None:
+                write_json(Sidecar(target.output).labels, {"labels": mapping})
+        else:
+            log.info("nothing new to ingest for %s", target.output)
+            mapping, writes, by_outcome, reasons, metrics = None, {}, {WRITTEN: 0, DUPLICATE: 0, QUARANTINED: 0}, {}, {}
+        if file_counts.new:
+            with timings.stage("ledger"):
+                append_ledger(files, Sidecar(target.output), run_id)
+    finally:
+        records.unpersist()
+    counts = IngestCounts(
+        file_counts.listed, file_counts.already_ingested, file_counts.new, seen,
+        by_outcome[WRITTEN], by_outcome[DUPLICATE], by_outcome[QUARANTINED],
+    ).reconcile()
+    summary_path = Sidecar(target.output).run_summary(run_id)
+    summary = _summary(target, run_id, counts, reasons, mapping, writes, timings, {**context, "metrics": metrics})
+    summary["summary_path"] = summary_path
+    write_json(summary_path, summary)
+    return IngestReport(counts, summary)
+
+
+def _label_mapping(records: "DataFrame", target: IngestTarget) -> dict[str, int] | None:
+    if not target.labelled:
+        return None
+    observed = [r["label"] for r in records.select("label").where(F.trim("label") != "").distinct().collect()]
+    stored = (read_json(Sidecar(target.output).labels) or {}).get("labels")
+    return resolve_label_map(fixed=target.fixed_labels, stored=stored, observed=observed)
+
+
+def _existing_hashes(spark: "SparkSession", target: IngestTarget) -> "DataFrame | None":
+    if not target.dedup or not table_exists(spark, target.output, fmt=target.fmt):
+        return None
+    return read_table(spark, target.output, fmt=target.fmt).df.select("sha256")
+
+
+def _write_outputs(classified: "DataFrame", target: IngestTarget, run_id: str, timings: StageTimings) -> dict[str, Any]:
+    now = F.lit(datetime.now(timezone.utc)).cast("timestamp")
+    good = classified.where(F.col("outcome") == WRITTEN).withColumn("ingest_run_id", F.lit(run_id)).withColumn("ingested_at", now)
+    bad = quarantine_rows(classified, run_id, source=F.col(target.source_col), raw=_raw(target.raw_col))
+    with timings.stage("write"):
+        table = write_table(good.selectExpr(*target.columns, "ingest_run_id", "ingested_at"), target.output,
+                            fmt=target.fmt, mode="append", partition_by=["split"], delta_writer=target.delta_writer)
+    with timings.stage("write_quarantine"):
+        quarantine = write_table(bad, target.quarantine, fmt=target.fmt, mode="append", delta_writer=target.delta_writer)
+    log.info("wrote %d rows to %s (%s, version %s); %d to quarantine %s", table.rows, table.path, table.format,
+             table.version, quarantine.rows, quarantine.path)
+    return {"table": table.__dict__, "quarantine": quarantine.__dict__}
+
+
+def _raw(col_name: str | None) -> "Column":
+    """The raw input kept with a quarantined record (first 2,000 characters), or null."""
+    return F.lit(None).cast("string") if col_name is None else F.substring(F.col(col_name).cast("string"), 1, 2000)
+
+
+def _metrics(records: "DataFrame", exprs: "Mapping[str, Column] | None") -> dict[str, Any]:
+    if not exprs:
+        return {}
+    row = records.agg(*[expr.alias(name) for name, expr in exprs.items()]).first()
+    return {name: row[name] for name in exprs} if row else {}
+
+
+def _reason_counts(classified: "DataFrame") -> dict[str, int]:
+    rows = classified.where(F.col("reject_reason").isNotNull()).groupBy("reject_reason").count().collect()
+    return {r["reject_reason"]: int(r["count"]) for r in rows}
+
+
+def _summary(target, run_id, counts, reasons, mapping, writes, timings, context) -> dict[str, Any]:  # noqa: ANN001
+    total = sum(timings.seconds.values())
+    return {
+        "run_id": run_id,
+        "pipeline": target.pipeline,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "counts": counts.as_dict(),
+        "quarantine_reasons": reasons,
+        "labels": mapping,
+        "outputs": writes,
+        "timings_s": timings.seconds,
+        "records_per_s": round(counts.seen / total, 1) if total > 0 else None,
+        **context,
+    }

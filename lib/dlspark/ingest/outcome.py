@@ -1,0 +1,134 @@
+"""Per-record outcome of an ingest run: written, duplicate or quarantined, and the reconciled counts.
+
+Works on the persisted output of the decode/tokenize stage, whose rows carry ``record_id``, ``sha256``,
+``label`` and ``reject_reason``. Dedup looks only at the narrow (record_id, sha256) projection, so
+heavy columns (pixels, token ids) are never shuffled.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Mapping
+
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+log = logging.getLogger(__name__)
+
+WRITTEN, DUPLICATE, QUARANTINED = "written", "duplicate", "quarantined"
+
+
+class CountMismatch(RuntimeError):
+    """Records seen != written + duplicates + quarantined: some data would be silently lost."""
+
+
+@dataclass(frozen=True)
+class IngestCounts:
+    """What happened to the records of one run; ``seen`` must equal the sum of the three outcomes."""
+
+    files_listed: int
+    files_already_ingested: int
+    files_new: int
+    seen: int
+    written: int
+    duplicates: int
+    quarantined: int
+
+    def reconcile(self) -> "IngestCounts":
+        """Raise :class:`CountMismatch` unless every record seen has exactly one outcome."""
+        if self.seen != self.written + self.duplicates + self.quarantined:
+            raise CountMismatch(
+                f"counts do not reconcile: seen={self.seen} but written={self.written} + duplicates={self.duplicates} "
+                f"+ quarantined={self.quarantined} = {self.written + self.duplicates + self.quarantined}; "
+                "this is a bug: please report it with the run summary"
+            )
+        if self.files_listed != self.files_already_ingested + self.files_new:
+            raise CountMismatch(f"file counts do not reconcile: {asdict(self)}")
+        return self
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def describe(self, unit: str = "records") -> str:
+        """One line a person can check: the reconciliation written out."""
+        return (
+            f"files: {self.files_listed} listed = {self.files_already_ingested} already ingested + {self.files_new} new; "
+            f"{unit}: {self.seen} seen = {self.written} written + {self.duplicates} duplicates + {self.quarantined} quarantined"
+        )
+
+
+def reject_unless(df: "DataFrame", condition: "Column", reason: str, detail: "Column") -> "DataFrame":
+    """Set ``reject_reason``/``reject_detail`` where ``condition`` holds and the row is not already rejected."""
+    fresh = F.col("reject_reason").isNull() & condition
+    return df.withColumn("reject_detail", F.when(fresh, detail).otherwise(F.col("reject_detail"))).withColumn(
+        "reject_reason", F.when(fresh, F.lit(reason)).otherwise(F.col("reject_reason"))
+    )
+
+
+def with_label_index(df: "DataFrame", mapping: Mapping[str, int] | None) -> "DataFrame":
+    """Add ``label_index`` from ``mapping``; without a mapping the data is unlabelled (index null).
+
+    Rows with a null/blank label or a label outside the mapping are rejected (``missing_label``,
+    ``unknown_label``) so they reach the quarantine table instead of training on a wrong class.
+    """
+    if mapping is None:
+        return df.withColumn("label_index", F.lit(None).cast("int"))
+    lookup = F.create_map(*[F.lit(x) for pair in sorted(mapping.items(), key=lambda kv: kv[1]) for x in pair])
+    df = df.withColumn("label_index", lookup[F.col("label")].cast("int"))
+    blank = F.col("label").isNull() | (F.trim(F.col("label")) == "")
+    df = reject_unless(df, blank, "missing_label", F.lit("no label for this record"))
+    known = ", ".join(sorted(mapping))
+    detail = F.concat(F.lit("label '"), F.col("label"), F.lit(f"' is not one of: {known}"))
+    return reject_unless(df, F.col("label_index").isNull(), "unknown_label", detail)
+
+
+def with_outcome(df: "DataFrame", existing_hashes: "DataFrame | None", *, dedup: bool) -> "DataFrame":
+    """Add ``outcome`` and ``duplicate_of``: rejected rows are quarantined; with ``dedup`` a valid row whose
+    sha256 is already in the table, or held by an earlier record_id of this run, is a duplicate."""
+    valid = df.where(F.col("reject_reason").isNull()).select("record_id", "sha256")
+    dups = _duplicates(valid, existing_hashes) if dedup else None
+    if dups is not None:
+        df = df.join(F.broadcast(dups), on="record_id", how="left")
+    else:
+        df = df.withColumn("duplicate_of", F.lit(None).cast("string"))
+    outcome = (
+        F.when(F.col("reject_reason").isNotNull(), F.lit(QUARANTINED))
+        .when(F.col("duplicate_of").isNotNull(), F.lit(DUPLICATE))
+        .otherwise(F.lit(WRITTEN))
+    )
+    return df.withColumn("outcome", outcome)
+
+
+def _duplicates(valid: "DataFrame", existing_hashes: "DataFrame | None") -> "DataFrame":
+    """(record_id, duplicate_of) for every valid record that must not be written again."""
+    first = F.first("record_id").over(Window.partitionBy("sha256").orderBy("record_id"))
+    within = valid.withColumn("duplicate_of", first).where(F.col("record_id") != F.col("duplicate_of"))
+    within = within.select("record_id", "duplicate_of")
+    if existing_hashes is None:
+        return within
+    in_table = valid.join(existing_hashes.select("sha256").distinct(), on="sha256", how="left_semi")
+    in_table = in_table.select("record_id", F.lit("<already in table>").alias("duplicate_of"))
+    return in_table.unionByName(within.join(in_table.select("record_id"), on="record_id", how="left_anti"))
+
+
+def outcome_counts(df: "DataFrame") -> dict[str, int]:
+    """Rows per outcome, in one small aggregation."""
+    counts = {row["outcome"]: row["n"] for row in df.groupBy("outcome").agg(F.count("*").alias("n")).collect()}
+    return {k: int(counts.get(k, 0)) for k in (WRITTEN, DUPLICATE, QUARANTINED)}
+
+
+def quarantine_rows(df: "DataFrame", run_id: str, *, source: "Column", raw: "Column") -> "DataFrame":
+    """The quarantine table's rows for ``df``'s quarantined records: what, where, why, and the raw input."""
+    return df.where(F.col("outcome") == QUARANTINED).select(
+        "record_id",
+        source.alias("source_path"),
+        F.col("reject_reason").alias("reason"),
+        F.col("reject_detail").alias("detail"),
+        "sha256",
+        raw.alias("raw"),
+        F.lit(run_id).alias("ingest_run_id"),
+        F.current_timestamp().alias("quarantined_at"),
+    )

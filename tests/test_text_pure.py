@@ -1,0 +1,79 @@
+"""Normalisation, tokenization and the text batch function (pure: no Spark)."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from dlspark.config import SplitConfig
+from dlspark.text.batches import TokenizeSpec, tokenize_record_batch
+from dlspark.text.normalize import NormalizeSpec, has_replacement_chars, normalize_text
+from dlspark.text.tokenize import TokenizerNotFound, load_tokenizer, tokenize_batch, tokenizer_dir
+
+
+def test_normalize_masks_urls_mentions_and_whitespace():
+    spec = NormalizeSpec()
+    assert normalize_text("  Hi @bob,\tsee https://t.co/x1 \n now ", spec) == "Hi @user, see http now"
+    assert normalize_text("mail me at a@b.com", spec) == "mail me at a@b.com"  # not a mention
+
+
+def test_normalize_nfc_and_lowercase():
+    decomposed = "Cafe\u0301"
+    out = normalize_text(decomposed, NormalizeSpec(lowercase=True, mask_urls=False))
+    assert out == "caf\u00e9"
+
+
+def test_replacement_chars_detected():
+    assert has_replacement_chars(b"bad \xff byte".decode("utf-8", errors="replace"))
+    assert not has_replacement_chars("fine")
+
+
+def test_packaged_tokenizer_is_offline_and_fast():
+    assert (tokenizer_dir("minilm") / "tokenizer.json").is_file()
+    assert load_tokenizer("minilm").is_fast
+
+
+def test_unknown_tokenizer_says_what_is_accepted(tmp_path):
+    with pytest.raises(TokenizerNotFound, match="packaged alias"):
+        tokenizer_dir(str(tmp_path))
+
+
+def test_tokenize_batch_pads_truncates_and_counts():
+    tok = load_tokenizer("minilm")
+    out = tokenize_batch(tok, ["hello world", "word " * 50], max_length=16)
+    assert out.input_ids.shape == (2, 16) and out.input_ids.dtype == np.int32
+    assert out.attention_mask[0].tolist() == [1, 1, 1, 1] + [0] * 12
+    assert out.truncated.tolist() == [False, True]
+    assert out.num_tokens.tolist() == [4, 52]  # [CLS] + 50 words + [SEP]
+
+
+def _batch(texts, labels=None, malformed=None):
+    n = len(texts)
+    return pa.RecordBatch.from_pydict({
+        "record_id": [f"r{i}" for i in range(n)], "source_path": ["f.csv"] * n, "text": texts,
+        "label": labels or ["positive"] * n, "malformed": malformed or [None] * n,
+    })
+
+
+def test_batch_rejects_empty_null_and_malformed_and_keeps_order():
+    spec = TokenizeSpec("minilm", 8, NormalizeSpec(), SplitConfig())
+    out = tokenize_record_batch(
+        _batch(["good text", "   ", None, "x"], malformed=[None, None, None, "x,\"broken"]), spec, load_tokenizer("minilm")
+    ).to_pydict()
+    assert out["reject_reason"] == [None, "empty_text", "missing_text", "malformed_record"]
+    assert out["record_id"] == ["r0", "r1", "r2", "r3"]
+    assert out["input_ids"][0][:4] == [101, 2204, 3793, 102] and out["input_ids"][1] is None
+    assert out["sha256"][0] is not None and out["sha256"][1] is None
+    assert out["split"][0] in {"train", "val", "test"}
+
+
+def test_batch_same_normalised_text_same_hash():
+    spec = TokenizeSpec("minilm", 8, NormalizeSpec(), SplitConfig())
+    out = tokenize_record_batch(_batch(["see http://a.b  now", "see   https://c.d now"]), spec, load_tokenizer("minilm")).to_pydict()
+    assert out["sha256"][0] == out["sha256"][1]
+
+
+def test_batch_all_rejected_still_returns_rows():
+    spec = TokenizeSpec("minilm", 8, NormalizeSpec(), SplitConfig())
+    out = tokenize_record_batch(_batch(["", " "]), spec, load_tokenizer("minilm"))
+    assert out.num_rows == 2 and out.column("reject_reason").to_pylist() == ["empty_text", "empty_text"]
