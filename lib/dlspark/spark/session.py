@@ -30,6 +30,7 @@ def spark_conf_pairs(cfg: SparkConfig) -> dict[str, str]:
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_max_records_per_batch),
         "spark.sql.files.openCostInBytes": str(cfg.files_open_cost_bytes),
         "spark.ui.enabled": str(cfg.ui_enabled).lower(),
+        "spark.ui.showConsoleProgress": "false",  # progress comes from our log lines, per stage
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.adaptive.enabled": "true",
     }
