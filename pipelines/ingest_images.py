@@ -16,7 +16,10 @@ from dlspark.images import ImageSpec
 from dlspark.images.batches import DECODED_DDL, decode_batches
 from dlspark.ingest.commit import IngestReport, IngestTarget, commit_ingest
 from dlspark.ingest.files import (
-    Sidecar, find_new_files, qualified_uri, read_contents,
+    Sidecar,
+    find_new_files,
+    qualified_uri,
+    read_contents,
 )
 from dlspark.paths import resolve_path
 from dlspark.runlog import StageTimings
@@ -55,6 +58,7 @@ def image_target(cfg: AppConfig) -> IngestTarget:
         fmt=icfg.format, delta_writer=cfg.spark.delta_writer, dedup=icfg.dedup,
         labelled=icfg.label_source != "none", fixed_labels=icfg.labels,
         columns=columns, source_col="path", raw_col=None, unit="images",
+        row_bytes=icfg.size[0] * icfg.size[1] * (1 if icfg.color_mode == "L" else 3) + 300,
     )
 
 

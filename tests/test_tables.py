@@ -8,6 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
 from dlspark import delta_log
 from dlspark.spark import tables
 from dlspark.spark.tables import (
@@ -17,8 +20,6 @@ from dlspark.spark.tables import (
     table_exists,
     write_table,
 )
-from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 UTC = dt.UTC
 TS0 = dt.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)

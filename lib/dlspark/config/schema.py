@@ -20,6 +20,10 @@ def _require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_labels(section: str, labels: tuple[str, ...]) -> None:
+    _require(len(set(labels)) == len(labels) > 0, f"{section}.labels: must be distinct and non-empty, got {list(labels)}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Identity and logging of a run."""
@@ -126,7 +130,7 @@ class ImageIngestConfig:
             f"(label_source={self.label_source!r}, labels_csv={self.labels_csv!r})",
         )
         if self.labels is not None:
-            _require(len(set(self.labels)) == len(self.labels) > 0, f"ingest_images.labels: must be distinct and non-empty, got {self.labels}")
+            _check_labels("ingest_images", self.labels)
             _require(self.label_source != "none", "ingest_images.labels is set but label_source is 'none': set label_source")
 
 
@@ -157,7 +161,7 @@ class TextIngestConfig:
         _require(2 <= self.max_length <= 8192, f"ingest_text.max_length: must be in [2, 8192], got {self.max_length}")
         _require(bool(self.text_column), "ingest_text.text_column: must name the input's text column")
         if self.labels is not None:
-            _require(len(set(self.labels)) == len(self.labels) > 0, f"ingest_text.labels: must be distinct and non-empty, got {self.labels}")
+            _check_labels("ingest_text", self.labels)
             _require(self.label_column is not None, "ingest_text.labels is set but label_column is null: set label_column")
 
 

@@ -18,7 +18,14 @@ from pyspark.sql import functions as F
 
 from dlspark.ingest.files import FileCounts, Sidecar, append_ledger
 from dlspark.ingest.outcome import (
-    DUPLICATE, QUARANTINED, WRITTEN, IngestCounts, outcome_counts, quarantine_rows, with_label_index, with_outcome,
+    DUPLICATE,
+    QUARANTINED,
+    WRITTEN,
+    IngestCounts,
+    outcome_counts,
+    quarantine_rows,
+    with_label_index,
+    with_outcome,
 )
 from dlspark.labels import resolve_label_map
 from dlspark.runlog import StageTimings, log_progress, read_json, write_json
@@ -46,6 +53,7 @@ class IngestTarget:
     source_col: str
     raw_col: str | None
     unit: str = "records"
+    row_bytes: int = 1024  # estimated stored size of one row, for sizing output files
 
 
 @dataclass
@@ -82,7 +90,7 @@ def commit_ingest(
         if seen:
             mapping = _label_mapping(records, target)
             classified = with_outcome(with_label_index(records, mapping), _existing_hashes(spark, target), dedup=target.dedup)
-            writes = _write_outputs(classified, target, run_id, timings)
+            writes = _write_outputs(classified, target, run_id, timings, files_for(seen, target.row_bytes, spark))
             by_outcome, reasons = outcome_counts(classified), _reason_counts(classified)
             metrics = _metrics(records, record_metrics)
             if mapping is not None:
@@ -120,15 +128,23 @@ def _existing_hashes(spark: "SparkSession", target: IngestTarget) -> "DataFrame 
     return read_table(spark, target.output, fmt=target.fmt).df.select("sha256")
 
 
-def _write_outputs(classified: "DataFrame", target: IngestTarget, run_id: str, timings: StageTimings) -> dict[str, Any]:
+def files_for(rows: int, row_bytes: int, spark: "SparkSession", file_bytes: int = 128 << 20) -> int:
+    """How many output partitions: ~128 MiB files, but at least one per core so the write stays parallel."""
+    return max(spark.sparkContext.defaultParallelism, -(-rows * row_bytes // file_bytes))
+
+
+def _write_outputs(
+    classified: "DataFrame", target: IngestTarget, run_id: str, timings: StageTimings, partitions: int
+) -> dict[str, Any]:
     now = F.lit(datetime.now(timezone.utc)).cast("timestamp")
     good = classified.where(F.col("outcome") == WRITTEN).withColumn("ingest_run_id", F.lit(run_id)).withColumn("ingested_at", now)
     bad = quarantine_rows(classified, run_id, source=F.col(target.source_col), raw=_raw(target.raw_col))
     with timings.stage("write"):
-        table = write_table(good.selectExpr(*target.columns, "ingest_run_id", "ingested_at"), target.output,
+        rows = good.selectExpr(*target.columns, "ingest_run_id", "ingested_at").coalesce(partitions)
+        table = write_table(rows, target.output,
                             fmt=target.fmt, mode="append", partition_by=["split"], delta_writer=target.delta_writer)
     with timings.stage("write_quarantine"):
-        quarantine = write_table(bad, target.quarantine, fmt=target.fmt, mode="append", delta_writer=target.delta_writer)
+        quarantine = write_table(bad.coalesce(1), target.quarantine, fmt=target.fmt, mode="append", delta_writer=target.delta_writer)
     log.info("wrote %d rows to %s (%s, version %s); %d to quarantine %s", table.rows, table.path, table.format,
              table.version, quarantine.rows, quarantine.path)
     return {"table": table.__dict__, "quarantine": quarantine.__dict__}

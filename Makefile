@@ -1,0 +1,43 @@
+# Entry points. `make setup test` on a fresh clone; `make help` lists the targets.
+PY := .venv/bin/python
+PYTEST := $(PY) -m pytest -q
+STANDALONE := $(PY) -m dlspark.spark.standalone
+
+.PHONY: help setup demo test test-fast lint cluster-up cluster-down cluster-status clean-data
+
+help:
+	@echo "make setup         create .venv with dlspark and its extras (./setup.sh)"
+	@echo "make demo          prepare demo data, then ingest images and text with ./spark-submit.sh"
+	@echo "make test          all tests except gpu (starts a local standalone cluster for 'cluster' tests)"
+	@echo "make test-fast     tests not marked slow, cluster or gpu"
+	@echo "make lint          ruff check lib jobs pipelines tests bench"
+	@echo "make cluster-up    Spark standalone on spark://127.0.0.1:7077 (2 workers x 1 core, 1g), UI :8080"
+	@echo "make cluster-down  stop it; cluster-status shows it"
+	@echo "make clean-data    rm -rf data"
+
+setup:
+	./setup.sh
+
+demo: setup
+	$(PY) jobs/prepare_demo_data.py && ./spark-submit.sh jobs/ingest_images.py && ./spark-submit.sh jobs/ingest_text.py
+
+test:
+	$(PYTEST) -m "not gpu"
+
+test-fast:
+	$(PYTEST) -m "not slow and not cluster and not gpu"
+
+lint:
+	$(PY) -m ruff check lib jobs pipelines tests bench
+
+cluster-up:
+	$(STANDALONE) up --workers 2 --cores 1 --memory 1g
+
+cluster-down:
+	$(STANDALONE) down
+
+cluster-status:
+	$(STANDALONE) status
+
+clean-data:
+	rm -rf data
