@@ -26,21 +26,32 @@ def table_rows(spark, cfg, path="tables/images", fmt="parquet"):
     return read_table(spark, f"{cfg.paths.data_dir}/{path}", fmt=fmt).df
 
 
-@pytest.fixture()
-def zoo(tmp_path):
+def make_zoo(root: Path) -> Path:
     """6 good images, 1 byte-identical copy of one of them, 6 bad files, 1 oversize file."""
     files = good_tree(3, ("cat", "dog"))
     files["dog/copy_of_cat0.jpg"] = files["cat/0.jpg"]
     for name, (content, _) in bad_files().items():
         files[f"cat/{name}"] = content
     files["dog/big.jpg"] = jpeg_bytes(400, 400, seed=3) + b"\0" * 200_000
-    write_tree(tmp_path / "landing", files)
-    return tmp_path
+    write_tree(root / "landing", files)
+    return root
 
 
-def test_bad_file_zoo_is_quarantined_and_counts_reconcile(spark, zoo):
-    cfg = image_cfg(zoo)
-    report = ingest_images(spark, cfg, "run-1")
+@pytest.fixture()
+def zoo(tmp_path):
+    return make_zoo(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def zoo_run(spark, tmp_path_factory):
+    """One ingest of the zoo, shared by the read-only tests."""
+    root = make_zoo(tmp_path_factory.mktemp("zoo"))
+    cfg = image_cfg(root)
+    return root, cfg, ingest_images(spark, cfg, "run-1")
+
+
+def test_bad_file_zoo_is_quarantined_and_counts_reconcile(spark, zoo_run):
+    _, cfg, report = zoo_run
     c = report.counts
     assert (c.files_listed, c.files_new, c.seen) == (14, 14, 14)
     assert (c.written, c.duplicates, c.quarantined) == (6, 1, 7)
@@ -51,9 +62,8 @@ def test_bad_file_zoo_is_quarantined_and_counts_reconcile(spark, zoo):
     assert report.summary["quarantine_reasons"] == {r: list(expected.values()).count(r) for r in set(expected.values())}
 
 
-def test_written_rows_hold_fixed_shape_tensors_labels_and_splits(spark, zoo):
-    cfg = image_cfg(zoo)
-    ingest_images(spark, cfg, "run-1")
+def test_written_rows_hold_fixed_shape_tensors_labels_and_splits(spark, zoo_run):
+    zoo, cfg, _ = zoo_run
     rows = table_rows(spark, cfg).collect()
     assert len(rows) == 6
     for r in rows:
@@ -66,27 +76,22 @@ def test_written_rows_hold_fixed_shape_tensors_labels_and_splits(spark, zoo):
     assert pixels.std() > 0  # real image content, not zeros
 
 
-def test_rerun_is_idempotent(spark, zoo):
+def test_rerun_is_idempotent_then_incremental(spark, zoo):
     cfg = image_cfg(zoo)
     ingest_images(spark, cfg, "run-1")
     again = ingest_images(spark, cfg, "run-2").counts
     assert (again.files_listed, again.files_already_ingested, again.files_new, again.seen) == (14, 14, 0, 0)
     assert table_rows(spark, cfg).count() == 6
     assert table_rows(spark, cfg, "tables/images_quarantine").count() == 7
-
-
-def test_incremental_run_processes_only_new_files(spark, zoo):
-    cfg = image_cfg(zoo)
-    ingest_images(spark, cfg, "run-1")
     write_tree(zoo / "landing", {
         "cat/new.jpg": jpeg_bytes(32, 32, seed=999),
         "dog/again.jpg": (zoo / "landing/cat/0.jpg").read_bytes(),  # content already in the table
     })
-    c = ingest_images(spark, cfg, "run-2").counts
+    c = ingest_images(spark, cfg, "run-3").counts
     assert (c.files_already_ingested, c.files_new, c.written, c.duplicates, c.quarantined) == (14, 2, 1, 1, 0)
     table = table_rows(spark, cfg)
     assert table.count() == 7
-    assert table.where(F.col("ingest_run_id") == "run-2").select("path").first()["path"].endswith("cat/new.jpg")
+    assert table.where(F.col("ingest_run_id") == "run-3").select("path").first()["path"].endswith("cat/new.jpg")
 
 
 def test_dedup_off_keeps_identical_content(spark, zoo):
@@ -129,8 +134,7 @@ def test_missing_input_is_a_clear_error(spark, tmp_path):
         ingest_images(spark, image_cfg(tmp_path), "run-1")
 
 
-def test_run_summary_written_beside_table(spark, zoo):
-    cfg = image_cfg(zoo)
-    report = ingest_images(spark, cfg, "run-1")
+def test_run_summary_written_beside_table(zoo_run):
+    _, _, report = zoo_run
     summary = json.loads(Path(report.summary["summary_path"]).read_text())
     assert summary["counts"]["written"] == 6 and summary["config_hash"] and summary["timings_s"]["process"] >= 0
