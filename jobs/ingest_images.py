@@ -10,19 +10,12 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from dlspark.cli import config_from_args, job_parser, run_job
-from dlspark.runlog import new_run_id, setup_logging
-from dlspark.spark.session import build_spark_session
+from dlspark.cli import run_job, run_spark_pipeline
 from pipelines.ingest_images import ingest_images
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = job_parser(__doc__).parse_args(argv)
-    cfg = config_from_args(args, pipeline="ingest_images")
-    run_id = new_run_id()
-    setup_logging(cfg.run, run_id)
-    spark = build_spark_session(cfg.spark)
-    report = ingest_images(spark, cfg, run_id)
+    run_id, report = run_spark_pipeline(argv, description=__doc__, pipeline="ingest_images", fn=ingest_images)
     print(f"ingest_images {run_id}: {report.counts.describe()}")
     print(f"summary: {report.summary['summary_path']}")
     return 0

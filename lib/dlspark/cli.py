@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from dlspark.config import PROFILES, AppConfig, ConfigError, load_config
+from dlspark.runlog import new_run_id, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -43,3 +44,17 @@ def run_job(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     except Exception:  # noqa: BLE001 - the job boundary: log with traceback, return an exit code
         log.exception("job failed")
         return EXIT_FAILED
+
+
+def run_spark_pipeline(
+    argv: Sequence[str] | None, *, description: str | None, pipeline: str, fn: Callable[[Any, AppConfig, str], Any]
+) -> tuple[str, Any]:
+    """What every Spark job does: parse args, load config, start logging with a run id, build the
+    session, and call ``fn(spark, cfg, run_id)``. Returns (run_id, whatever ``fn`` returns)."""
+    from dlspark.spark.session import build_spark_session
+
+    args = job_parser(description).parse_args(argv)
+    cfg = config_from_args(args, pipeline=pipeline)
+    run_id = new_run_id()
+    setup_logging(cfg.run, run_id)
+    return run_id, fn(build_spark_session(cfg.spark), cfg, run_id)
