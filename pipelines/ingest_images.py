@@ -59,6 +59,7 @@ def image_target(cfg: AppConfig) -> IngestTarget:
         labelled=icfg.label_source != "none", fixed_labels=icfg.labels,
         columns=columns, source_col="path", raw_col=None, unit="images",
         row_bytes=icfg.size[0] * icfg.size[1] * (1 if icfg.color_mode == "L" else 3) + 300,
+        storage="DISK_ONLY",
     )
 
 

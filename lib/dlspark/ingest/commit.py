@@ -54,6 +54,9 @@ class IngestTarget:
     raw_col: str | None
     unit: str = "records"
     row_bytes: int = 1024  # estimated stored size of one row, for sizing output files
+    # Where the processed rows are kept between the writes and counts: image tensors are large, so they
+    # go to local disk (the later scans read only small columns); small text rows stay in memory.
+    storage: str = "MEMORY_AND_DISK"
 
 
 @dataclass
@@ -81,7 +84,7 @@ def commit_ingest(
     ``record_metrics`` are aggregate expressions over all records seen (e.g. how many texts had
     undecodable bytes); their values go into the run summary under ``metrics``.
     """
-    records = records.persist(StorageLevel.MEMORY_AND_DISK)
+    records = records.persist(getattr(StorageLevel, target.storage))
     try:
         start = time.perf_counter()
         with timings.stage("process"):

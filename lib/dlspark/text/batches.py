@@ -8,6 +8,7 @@ length in one tokenizer call per batch.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -37,7 +38,12 @@ class TokenizeSpec:
 
 
 def tokenize_batches(batches: Iterable[pa.RecordBatch], spec: TokenizeSpec) -> Iterator[pa.RecordBatch]:
-    """Process every batch; the tokenizer is loaded once per Python worker process."""
+    """Process every batch; the tokenizer is loaded once per Python worker process.
+
+    A Spark task owns one core, so the tokenizer's own Rust thread pool is turned off (it would
+    oversubscribe the cores that the other tasks are using).
+    """
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     tok = load_tokenizer(spec.tokenizer)
     for batch in batches:
         yield tokenize_record_batch(batch, spec, tok)
