@@ -106,6 +106,7 @@ def commit_ingest(
                 append_ledger(files, Sidecar(target.output), run_id)
     finally:
         records.unpersist()
+        files.unpersist()
     counts = IngestCounts(
         file_counts.listed, file_counts.already_ingested, file_counts.new, seen,
         by_outcome[WRITTEN], by_outcome[DUPLICATE], by_outcome[QUARANTINED],

@@ -163,6 +163,7 @@ def find_new_files(
             raise InputNotFound(f"no files match {glob!r} under {source}; check the ingest input path and glob")
         new = unprocessed_files(listing, read_ledger(spark, sidecar)).persist()
         n_new = new.count()
+        listing.unpersist()  # `new` is materialised; the caller unpersists it
     log_progress("list", rows=listed, seconds=time.perf_counter() - start, unit="files")
     log.info("%d files listed, %d already ingested, %d new", listed, listed - n_new, n_new)
     read_from: str | list[str] = source if n_new == listed else [r["path"] for r in new.select("path").collect()]
