@@ -2,16 +2,20 @@
 from dlspark.config.loader import PROFILES, apply_override, config_hash, deep_merge, load_config
 from dlspark.config.schema import (
     AppConfig,
+    FeedConfig,
     ImageIngestConfig,
+    MlflowConfig,
     PathsConfig,
     RunConfig,
+    SentimentConfig,
     SparkConfig,
     SplitConfig,
     TextIngestConfig,
+    TrainConfig,
 )
 from dlspark.config.typed import ConfigError, to_dict
 
 __all__ = [
-    "PROFILES", "AppConfig", "ConfigError", "ImageIngestConfig", "PathsConfig", "RunConfig", "SparkConfig",
-    "SplitConfig", "TextIngestConfig", "apply_override", "config_hash", "deep_merge", "load_config", "to_dict",
+    "PROFILES", "AppConfig", "ConfigError", "FeedConfig", "ImageIngestConfig", "MlflowConfig", "PathsConfig", "RunConfig",
+    "SentimentConfig", "SparkConfig", "SplitConfig", "TextIngestConfig", "TrainConfig", "apply_override", "config_hash", "deep_merge", "load_config", "to_dict",
 ]

