@@ -97,23 +97,6 @@ def bare_images(paths: list[Path], target: int) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def decode_only(landing: Path, target: int) -> float:
-    """Seconds for the decode stage alone (binaryFile -> mapInArrow decode -> noop sink): the floor of
-    what Spark's JVM <-> Python data path costs before any dedup, persist or write."""
-    from functools import partial
-
-    from dlspark.config import SplitConfig
-    from dlspark.images import ImageSpec
-    from dlspark.images.batches import DECODED_DDL, decode_batches
-
-    spark = spark_session()
-    fn = partial(decode_batches, spec=ImageSpec((target, target), resize="stretch"), split=SplitConfig(), keep_original=False)
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(landing))
-    start = time.perf_counter()
-    files.mapInArrow(fn, DECODED_DDL).write.format("noop").mode("overwrite").save()
-    return time.perf_counter() - start
-
-
 def spark_session():
     from dlspark.config import SparkConfig
     from dlspark.spark.session import build_spark_session
@@ -147,7 +130,6 @@ def bench_images(args: argparse.Namespace) -> dict:
     sets = ["ingest_images.input=landing", f"ingest_images.size=[{args.target},{args.target}]", "ingest_images.resize=stretch"]
     wall, summary, rss = run_ours(work, "ingest_images", sets)
     assert summary["counts"]["written"] == len(paths), summary["counts"]
-    summary["timings_s"]["decode_only_noop_sink"] = round(decode_only(work / "landing", args.target), 1)
     return _result("images", "images/s", len(paths), bare, len(sample), bare_rss.peak, wall, summary, rss, 0.85,
                    f"{args.files} JPEGs {args.size}x{args.size} -> {args.target}x{args.target} RGB")
 

@@ -12,15 +12,12 @@ section (then `.venv/bin/python bench/ingest_bench.py report`).
 """
 
 
+INGEST_RESULTS = ("images", "text")
+
+
 def _section(r: dict) -> str:
     m = r["machine"]
-    stages = ", ".join(f"{k} {v:.1f}s" for k, v in r["stage_s"].items() if k != "decode_only_noop_sink")
-    floor = r["stage_s"].get("decode_only_noop_sink")
-    floor_line = (
-        f"\nDecode stage alone (binaryFile -> decode -> noop sink, no dedup/persist/write): {floor:.1f} s = "
-        f"{r['items'] / floor:.0f} {r['unit']}, ratio {r['items'] / floor / r['bare_scaled']:.2f} of baseline.\n"
-        if floor else ""
-    )
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in r["stage_s"].items())
     verdict = "meets" if r["ratio"] >= r["target"] else "below"
     cores = m["spark_cores"]
     return f"""
@@ -35,13 +32,13 @@ Command: `.venv/bin/python {r['command']}` ({r['measured_at']})
 | dlspark pipeline, local[{cores}], {r['items']} items, {r['ours_wall_s']} s | {r['ours_rate']} | {r['peak_rss_mib']['ours']} MiB |
 | **ratio ours / baseline** | **{r['ratio']}** (target {r['target']}: {verdict}) | |
 
-Stages: {stages}. Counts: {r['counts']}.{floor_line}
+Stages: {stages}. Counts: {r['counts']}.
 Machine: {m['cpu']}, {m['nproc']} cores; Python {m['python']}, pyspark {m['pyspark']}, pyarrow {m['pyarrow']},
 Pillow {m['pillow']}, transformers {m['transformers']}.
 """
 
 
 def write_benchmarks_md(results: Path, out: Path) -> None:
-    files = sorted(results.glob("*.json"))
+    files = [results / f"{name}.json" for name in INGEST_RESULTS if (results / f"{name}.json").exists()]
     body = "".join(_section(json.loads(f.read_text())) for f in files)
     out.write_text(HEADER + (body or "\nNo results yet.\n"))

@@ -1,11 +1,13 @@
 """Image ingest: a folder tree of image files -> fixed-shape uint8 tensor table + quarantine table.
 
-read (binaryFile, new files only) -> decode/resize in Arrow batches -> label -> dedup -> write.
+list (new files only) -> label -> read (binaryFile) -> decode/resize and write Parquet in the Python
+workers -> dedup across tasks -> publish the files. Spark carries only one small outcome row per file.
 Reruns are idempotent and incremental (see ``dlspark.ingest``).
 """
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -13,22 +15,25 @@ from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig, ImageIngestConfig, config_hash
 from dlspark.images import ImageSpec
-from dlspark.images.batches import DECODED_DDL, decode_batches
-from dlspark.ingest.commit import IngestReport, IngestTarget, commit_ingest
+from dlspark.images.batches import OUTCOME_DDL, ImageBatchJob, decode_batch, table_ddl, table_schema
+from dlspark.ingest.commit import IngestReport, IngestTarget, StagedWrite, commit_ingest, files_for, label_mapping
 from dlspark.ingest.files import (
     Sidecar,
     find_new_files,
     qualified_uri,
     read_contents,
 )
+from dlspark.ingest.staged import STAGED_FILE, StagingArea, stage_batches
 from dlspark.paths import resolve_path
 from dlspark.runlog import StageTimings
+from dlspark.spark.tables import new_staging_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
+OUTCOME_SCHEMA = f"{OUTCOME_DDL}, {STAGED_FILE} string"
 TABLE_COLUMNS = (
     "path", "label", "label_index", "split", "sha256", "pixels", "shape", "width", "height", "format",
     "modification_time AS source_modification_time",
@@ -42,9 +47,13 @@ def ingest_images(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestR
     target = image_target(cfg)
     timings = StageTimings()
     files, counts, read_from = find_new_files(spark, source, icfg.glob, icfg.recursive, Sidecar(target.output), timings)
-    records = _decode(spark, read_from, files, cfg) if counts.new else _empty_records(spark)
+    files = _with_labels(spark, files, icfg, source, cfg.paths.data_dir)
+    staged = StagedWrite(new_staging_uri(target.output), spark.createDataFrame([], table_ddl(icfg.keep_original)).schema,
+                         label_mapping(files, target) if counts.new else None)
+    job = _batch_job(cfg, staged, run_id)
+    records = _decode(spark, read_from, files, counts.new, cfg, job, staged) if counts.new else _empty_records(spark)
     context = {"input": source, "config_hash": config_hash(cfg), "image_shape": list(_spec(icfg).shape)}
-    return commit_ingest(spark, records, files, counts, target, run_id=run_id, timings=timings, context=context)
+    return commit_ingest(spark, records, files, counts, target, run_id=run_id, timings=timings, context=context, staged=staged)
 
 
 def image_target(cfg: AppConfig) -> IngestTarget:
@@ -59,7 +68,6 @@ def image_target(cfg: AppConfig) -> IngestTarget:
         labelled=icfg.label_source != "none", fixed_labels=icfg.labels,
         columns=columns, source_col="path", raw_col=None, unit="images",
         row_bytes=icfg.size[0] * icfg.size[1] * (1 if icfg.color_mode == "L" else 3) + 300,
-        storage="DISK_ONLY",
     )
 
 
@@ -67,15 +75,26 @@ def _spec(icfg: ImageIngestConfig) -> ImageSpec:
     return ImageSpec(icfg.size, icfg.color_mode, icfg.resize, icfg.max_pixels, icfg.max_file_bytes)
 
 
-def _decode(spark, read_from, files: "DataFrame", cfg: AppConfig) -> "DataFrame":  # noqa: ANN001
-    """Decoded rows for every new file; oversize files are rejected from the listing, unread."""
+def _batch_job(cfg: AppConfig, staged: StagedWrite, run_id: str) -> ImageBatchJob:
+    icfg = cfg.ingest_images
+    return ImageBatchJob(_spec(icfg), icfg.split, icfg.keep_original, staged.labels, run_id, datetime.now(timezone.utc))
+
+
+def _decode(spark, read_from, files: "DataFrame", new_files: int, cfg: AppConfig, job: ImageBatchJob,  # noqa: ANN001
+            staged: StagedWrite) -> "DataFrame":
+    """One outcome row per new file. Readable files are decoded and their good rows written to staged files
+    by the Python workers; empty or oversize files are rejected from the listing, unread."""
     icfg, data_dir = cfg.ingest_images, cfg.paths.data_dir
     source = resolve_path(data_dir, icfg.input)
+    target = image_target(cfg)
     contents = read_contents(spark, read_from, glob=icfg.glob, recursive=icfg.recursive)
     contents = contents.where(F.col("length").between(1, icfg.max_file_bytes))
-    fn = partial(decode_batches, spec=_spec(icfg), split=icfg.split, keep_original=icfg.keep_original)
-    decoded = contents.mapInArrow(fn, DECODED_DDL).unionByName(_unreadable(files, icfg.max_file_bytes))
-    return _with_labels(spark, decoded, icfg, source, data_dir)
+    contents = _with_labels(spark, contents, icfg, source, data_dir).select("path", "modificationTime", "length", "content", "label")
+    # Few, large tasks: each writes one file per split, so fewer tasks means fewer, larger files.
+    contents = contents.coalesce(files_for(new_files, target.row_bytes, spark))
+    area = StagingArea(staged.staging, table_schema(icfg.keep_original))
+    fn = partial(stage_batches, process=partial(decode_batch, job=job), area=area)
+    return contents.mapInArrow(fn, OUTCOME_SCHEMA).unionByName(_unreadable(files, icfg.max_file_bytes))
 
 
 def _unreadable(files: "DataFrame", limit: int) -> "DataFrame":
@@ -85,16 +104,16 @@ def _unreadable(files: "DataFrame", limit: int) -> "DataFrame":
     detail = F.when(empty, F.lit("file has 0 bytes")).otherwise(
         F.concat(F.col("length").cast("string"), F.lit(f" bytes > max_file_bytes={limit}; file was not read")))
     rows = files.where(empty | (F.col("length") > limit)).select(
-        F.col("path").alias("record_id"), "path", "modification_time", "length",
+        F.col("path").alias("record_id"), "path", "modification_time", "length", "label",
         reason.alias("reject_reason"), detail.alias("reject_detail"),
     )
-    return rows.select(*[_typed(field) for field in DECODED_DDL.split(", ")])
+    return rows.select(*[_typed(field) for field in OUTCOME_SCHEMA.split(", ")])
 
 
 def _typed(field: str) -> "F.Column":
     """Column ``field`` ("name type") from ``rows`` if present, else a typed null."""
     name, dtype = field.split(" ", 1)
-    if name in ("record_id", "path", "modification_time", "length", "reject_reason", "reject_detail"):
+    if name in ("record_id", "path", "modification_time", "length", "label", "reject_reason", "reject_detail"):
         return F.col(name).cast(dtype).alias(name)
     return F.lit(None).cast(dtype).alias(name)
 
@@ -121,4 +140,4 @@ def _with_csv_labels(spark: "SparkSession", decoded: "DataFrame", csv_path: str,
 
 
 def _empty_records(spark: "SparkSession") -> "DataFrame":
-    return spark.createDataFrame([], DECODED_DDL + ", label string")
+    return spark.createDataFrame([], OUTCOME_SCHEMA)

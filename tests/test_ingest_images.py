@@ -74,6 +74,7 @@ def test_written_rows_hold_fixed_shape_tensors_labels_and_splits(spark, zoo_run)
     assert labels == {"labels": {"cat": 0, "dog": 1}}
     pixels = np.frombuffer(rows[0]["pixels"], np.uint8)
     assert pixels.std() > 0  # real image content, not zeros
+    assert not list((zoo / "tables/images").glob("_dlspark_staging-*"))  # workers' staging folder removed
 
 
 def test_rerun_is_idempotent_then_incremental(spark, zoo):

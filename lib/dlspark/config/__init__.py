@@ -17,5 +17,6 @@ from dlspark.config.typed import ConfigError, to_dict
 
 __all__ = [
     "PROFILES", "AppConfig", "ConfigError", "FeedConfig", "ImageIngestConfig", "MlflowConfig", "PathsConfig", "RunConfig",
-    "SentimentConfig", "SparkConfig", "SplitConfig", "TextIngestConfig", "TrainConfig", "apply_override", "config_hash", "deep_merge", "load_config", "to_dict",
+    "SentimentConfig", "SparkConfig", "SplitConfig", "TextIngestConfig", "TrainConfig", "apply_override", "config_hash",
+    "deep_merge", "load_config", "to_dict",
 ]

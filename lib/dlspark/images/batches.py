@@ -1,85 +1,134 @@
-"""Arrow batch -> Arrow batch image decoding, the body of the Spark ``mapInArrow`` stage.
+"""Arrow batch -> (table rows, outcome rows) image decoding, the body of the Spark ``mapInArrow`` stage.
 
-Pure code (pyarrow, no Spark), so it is tested directly. Input rows are Spark ``binaryFile`` rows
-(path, modificationTime, length, content); each output row carries either a tensor or a reject reason.
+Pure code (pyarrow, no Spark), so it is tested directly. Input rows are Spark ``binaryFile`` rows (path,
+modificationTime, length, content) plus ``label``. Every input row gets one outcome row (``OUTCOME_DDL``):
+its hash, split, label index, or why it was rejected. Rows that decode and carry a known label also become
+a table row (``table_schema``): the fixed-shape uint8 tensor and its metadata, written by
+:func:`dlspark.ingest.staged.stage_batches` without a trip through the JVM.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Mapping
 
 import pyarrow as pa
 
 from dlspark.config import SplitConfig
-from dlspark.images.decode import ImageRejected, ImageSpec, decode_image
+from dlspark.images.decode import DecodedImage, ImageRejected, ImageSpec, decode_image
 from dlspark.splits import split_for_key
 
-# Spark DDL of the rows produced by decode_batches (must match _OUTPUT_TYPES below).
-DECODED_DDL = (
+# Spark DDL of the outcome rows (one per record); must match _OUTCOME_TYPES below.
+OUTCOME_DDL = (
     "record_id string, path string, modification_time timestamp, length long, sha256 string, split string, "
-    "pixels binary, shape array<int>, width int, height int, format string, original binary, "
-    "reject_reason string, reject_detail string"
+    "label string, label_index int, reject_reason string, reject_detail string"
 )
-
-
-def decode_batches(
-    batches: Iterable[pa.RecordBatch], spec: ImageSpec, split: SplitConfig, keep_original: bool
-) -> Iterator[pa.RecordBatch]:
-    """Decode every image of every batch; never raises for bad image bytes."""
-    for batch in batches:
-        yield decode_batch(batch, spec, split, keep_original)
-
-
-def decode_batch(batch: pa.RecordBatch, spec: ImageSpec, split: SplitConfig, keep_original: bool) -> pa.RecordBatch:
-    """Decode one batch of ``binaryFile`` rows into tensor rows or rejected rows."""
-    cols: dict[str, list] = {name: [] for name in _OUTPUT_NAMES}
-    paths = batch.column("path").to_pylist()
-    contents = batch.column("content").to_pylist()
-    for path, content in zip(paths, contents):
-        _append_row(cols, path, content or b"", spec, split, keep_original)
-    arrays = {name: pa.array(cols[name], type=tp) for name, tp in _OUTPUT_TYPES if name in cols}
-    arrays["modification_time"] = batch.column("modificationTime").cast(pa.timestamp("us", tz="UTC"))
-    arrays["length"] = batch.column("length").cast(pa.int64())
-    return pa.RecordBatch.from_arrays([arrays[name] for name, _ in _OUTPUT_TYPES], names=[n for n, _ in _OUTPUT_TYPES])
-
-
-def _append_row(cols: dict[str, list], path: str, content: bytes, spec: ImageSpec, split: SplitConfig, keep: bool) -> None:
-    sha = hashlib.sha256(content).hexdigest()
-    cols["record_id"].append(path)
-    cols["path"].append(path)
-    cols["sha256"].append(sha)
-    cols["split"].append(split_for_key(sha, split))
-    cols["original"].append(content if keep else None)
-    try:
-        img = decode_image(content, spec)
-    except ImageRejected as exc:
-        _fill(cols, None, None, None, None, None, exc.reason, exc.detail[:2000])
-        return
-    _fill(cols, img.pixels, list(img.shape), img.width, img.height, img.format, None, None)
-
-
-def _fill(cols: dict[str, list], pixels, shape, width, height, fmt, reason, detail) -> None:  # noqa: ANN001
-    for name, value in (
-        ("pixels", pixels), ("shape", shape), ("width", width), ("height", height), ("format", fmt),
-        ("reject_reason", reason), ("reject_detail", detail),
-    ):
-        cols[name].append(value)
-
-
-_OUTPUT_TYPES = [
-    ("record_id", pa.string()),
-    ("path", pa.string()),
-    ("modification_time", pa.timestamp("us", tz="UTC")),
-    ("length", pa.int64()),
-    ("sha256", pa.string()),
-    ("split", pa.string()),
-    ("pixels", pa.binary()),
-    ("shape", pa.list_(pa.int32())),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("format", pa.string()),
-    ("original", pa.binary()),
-    ("reject_reason", pa.string()),
-    ("reject_detail", pa.string()),
+_UTC_US = pa.timestamp("us", tz="UTC")
+_OUTCOME_TYPES = [
+    ("record_id", pa.string()), ("path", pa.string()), ("modification_time", _UTC_US), ("length", pa.int64()),
+    ("sha256", pa.string()), ("split", pa.string()), ("label", pa.string()), ("label_index", pa.int32()),
+    ("reject_reason", pa.string()), ("reject_detail", pa.string()),
 ]
-_OUTPUT_NAMES = [name for name, _ in _OUTPUT_TYPES if name not in ("modification_time", "length")]
+_TABLE_TYPES = [
+    ("path", pa.string()), ("label", pa.string()), ("label_index", pa.int32()), ("sha256", pa.string()),
+    ("pixels", pa.binary()), ("shape", pa.list_(pa.int32())), ("width", pa.int32()), ("height", pa.int32()),
+    ("format", pa.string()), ("source_modification_time", _UTC_US), ("ingest_run_id", pa.string()),
+    ("ingested_at", _UTC_US),
+]
+_SPARK_TYPES = {pa.string(): "string", pa.int32(): "int", pa.binary(): "binary", pa.list_(pa.int32()): "array<int>",
+                _UTC_US: "timestamp"}
+
+
+def table_schema(keep_original: bool) -> pa.Schema:
+    """Data columns of the image table (the ``split`` partition column lives in the folder names)."""
+    return pa.schema(_TABLE_TYPES + ([("original", pa.binary())] if keep_original else []))
+
+
+def table_ddl(keep_original: bool) -> str:
+    """The image table's Spark DDL, partition column last (as Spark reads a partitioned folder)."""
+    fields = [f"{f.name} {_SPARK_TYPES[f.type]}" for f in table_schema(keep_original)]
+    return ", ".join([*fields, "split string"])
+
+
+@dataclass(frozen=True)
+class ImageBatchJob:
+    """What every decode task needs: picklable, built once on the driver.
+
+    ``labels`` maps label -> index; None means the input is unlabelled (every label index is null).
+    """
+
+    spec: ImageSpec
+    split: SplitConfig
+    keep_original: bool
+    labels: Mapping[str, int] | None
+    run_id: str
+    ingested_at: datetime
+
+
+def decode_batch(batch: pa.RecordBatch, job: ImageBatchJob) -> tuple[pa.Table, pa.RecordBatch]:
+    """Decode one batch of ``binaryFile`` rows: (table rows of the good records + split, outcome rows of all)."""
+    out: dict[str, list] = {name: [] for name, _ in _OUTCOME_TYPES if name not in ("modification_time", "length")}
+    good: dict[str, list] = {name: [] for name in ("pixels", "shape", "width", "height", "format", "original", "row")}
+    labels = batch.column("label").to_pylist()
+    for i, (path, content) in enumerate(zip(batch.column("path").to_pylist(), batch.column("content").to_pylist())):
+        image, reason, detail = _decode_one(content or b"", job.spec)
+        index, label_reason, label_detail = _label_index(labels[i], job.labels)
+        reason, detail = (reason, detail) if reason else (label_reason, label_detail)
+        sha = hashlib.sha256(content or b"").hexdigest()
+        for name, value in (("record_id", path), ("path", path), ("sha256", sha), ("split", split_for_key(sha, job.split)),
+                            ("label", labels[i]), ("label_index", index), ("reject_reason", reason),
+                            ("reject_detail", detail)):
+            out[name].append(value)
+        if reason is None:
+            _append_good(good, i, image, content if job.keep_original else None)
+    mtime = batch.column("modificationTime").cast(_UTC_US)
+    outcomes = {**{name: pa.array(out[name], type=tp) for name, tp in _OUTCOME_TYPES if name in out},
+                "modification_time": mtime, "length": batch.column("length").cast(pa.int64())}
+    outcome_batch = pa.RecordBatch.from_arrays([outcomes[name] for name, _ in _OUTCOME_TYPES], names=[n for n, _ in _OUTCOME_TYPES])
+    return _table_rows(outcome_batch, good, job), outcome_batch
+
+
+def _decode_one(content: bytes, spec: ImageSpec) -> tuple[DecodedImage | None, str | None, str | None]:
+    try:
+        return decode_image(content, spec), None, None
+    except ImageRejected as exc:
+        return None, exc.reason, exc.detail[:2000]
+
+
+def _label_index(label: str | None, labels: Mapping[str, int] | None) -> tuple[int | None, str | None, str | None]:
+    """(index, reject reason, detail): unlabelled input has no index; a blank or unknown label is rejected."""
+    if labels is None:
+        return None, None, None
+    if label is None or not label.strip():
+        return None, "missing_label", "no label for this record"
+    if label not in labels:
+        return None, "unknown_label", f"label '{label}' is not one of: {', '.join(sorted(labels))}"
+    return labels[label], None, None
+
+
+def _append_good(good: dict[str, list], row: int, image: DecodedImage | None, original: bytes | None) -> None:
+    assert image is not None
+    for name, value in (("pixels", image.pixels), ("shape", list(image.shape)), ("width", image.width),
+                        ("height", image.height), ("format", image.format), ("original", original), ("row", row)):
+        good[name].append(value)
+
+
+def _table_rows(outcomes: pa.RecordBatch, good: dict[str, list], job: ImageBatchJob) -> pa.Table:
+    take = pa.array(good["row"], type=pa.int64())
+    picked = {name: outcomes.column(name).take(take) for name in ("path", "label", "label_index", "sha256", "split")}
+    n = len(good["row"])
+    columns = {
+        **picked,
+        "pixels": pa.array(good["pixels"], type=pa.binary()),
+        "shape": pa.array(good["shape"], type=pa.list_(pa.int32())),
+        "width": pa.array(good["width"], type=pa.int32()),
+        "height": pa.array(good["height"], type=pa.int32()),
+        "format": pa.array(good["format"], type=pa.string()),
+        "source_modification_time": outcomes.column("modification_time").take(take),
+        "ingest_run_id": pa.array([job.run_id] * n, type=pa.string()),
+        "ingested_at": pa.array([job.ingested_at] * n, type=_UTC_US),
+        "original": pa.array(good["original"], type=pa.binary()),
+    }
+    names = [*table_schema(job.keep_original).names, "split"]
+    return pa.table({name: columns[name] for name in names})

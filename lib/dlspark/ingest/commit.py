@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -27,9 +28,10 @@ from dlspark.ingest.outcome import (
     with_label_index,
     with_outcome,
 )
+from dlspark.ingest.staged import STAGED_FILE, drop_records
 from dlspark.labels import resolve_label_map
 from dlspark.runlog import StageTimings, log_progress, read_json, write_json
-from dlspark.spark.tables import read_table, table_exists, write_table
+from dlspark.spark.tables import publish_staged_files, read_table, table_exists, write_table
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -59,6 +61,25 @@ class IngestTarget:
     storage: str = "MEMORY_AND_DISK"
 
 
+@dataclass(frozen=True)
+class StagedWrite:
+    """Files written by the processing stage itself: where, with which table schema and label mapping."""
+
+    staging: str                       # the staging folder (see dlspark.spark.tables.new_staging_uri)
+    schema: Any                        # the table's Spark StructType, partition column included
+    labels: Mapping[str, int] | None   # the mapping the workers applied (None: unlabelled)
+    id_column: str = "path"            # the table column holding a record's record_id
+
+    def discard(self) -> None:
+        """Remove the staging folder (no-op once published)."""
+        from dlspark.delta_log import remove_paths
+        from dlspark.spark.tables import _filesystem
+
+        fs, root = _filesystem(self.staging)
+        if fs.exists(root):
+            remove_paths(fs, [root])
+
+
 @dataclass
 class IngestReport:
     """What a run did; ``summary`` is also written as JSON beside the table."""
@@ -78,8 +99,13 @@ def commit_ingest(
     timings: StageTimings,
     context: dict[str, Any],
     record_metrics: "Mapping[str, Column] | None" = None,
+    staged: "StagedWrite | None" = None,
 ) -> IngestReport:
     """Label, dedup, write and account for ``records`` (the new files' rows); see the module docstring.
+
+    With ``staged``, ``records`` are outcome rows whose good records the workers already wrote to staged
+    files (:mod:`dlspark.ingest.staged`), labels already applied: duplicates are removed from those files
+    and the files are published instead of writing ``records``.
 
     ``record_metrics`` are aggregate expressions over all records seen (e.g. how many texts had
     undecodable bytes); their values go into the run summary under ``metrics``.
@@ -91,9 +117,13 @@ def commit_ingest(
             seen = records.count()
         log_progress("process", rows=seen, seconds=time.perf_counter() - start, unit=target.unit)
         if seen:
-            mapping = _label_mapping(records, target)
-            classified = with_outcome(with_label_index(records, mapping), _existing_hashes(spark, target), dedup=target.dedup)
-            writes = _write_outputs(classified, target, run_id, timings, files_for(seen, target.row_bytes, spark))
+            mapping = staged.labels if staged else label_mapping(records, target)
+            labelled = records if staged else with_label_index(records, mapping)
+            classified = with_outcome(labelled, _existing_hashes(spark, target), dedup=target.dedup)
+            if staged:
+                writes = _publish_outputs(spark, classified, target, run_id, timings, staged)
+            else:
+                writes = _write_outputs(classified, target, run_id, timings, files_for(seen, target.row_bytes, spark))
             by_outcome, reasons = outcome_counts(classified), _reason_counts(classified)
             metrics = _metrics(records, record_metrics)
             if mapping is not None:
@@ -107,6 +137,8 @@ def commit_ingest(
     finally:
         records.unpersist()
         files.unpersist()
+        if staged:
+            staged.discard()
     counts = IngestCounts(
         file_counts.listed, file_counts.already_ingested, file_counts.new, seen,
         by_outcome[WRITTEN], by_outcome[DUPLICATE], by_outcome[QUARANTINED],
@@ -118,7 +150,8 @@ def commit_ingest(
     return IngestReport(counts, summary)
 
 
-def _label_mapping(records: "DataFrame", target: IngestTarget) -> dict[str, int] | None:
+def label_mapping(records: "DataFrame", target: IngestTarget) -> dict[str, int] | None:
+    """The label -> index mapping for ``records``' labels: configured, else stored with the table plus new ones."""
     if not target.labelled:
         return None
     observed = [r["label"] for r in records.select("label").where(F.trim("label") != "").distinct().collect()]
@@ -152,6 +185,35 @@ def _write_outputs(
     log.info("wrote %d rows to %s (%s, version %s); %d to quarantine %s", table.rows, table.path, table.format,
              table.version, quarantine.rows, quarantine.path)
     return {"table": table.__dict__, "quarantine": quarantine.__dict__}
+
+
+def _publish_outputs(
+    spark: "SparkSession", classified: "DataFrame", target: IngestTarget, run_id: str, timings: StageTimings, staged: StagedWrite
+) -> dict[str, Any]:
+    """Drop duplicates from the staged files, publish the files, write the quarantine rows."""
+    with timings.stage("write"):
+        _drop_staged_duplicates(classified, staged.id_column)
+        kept = [r[STAGED_FILE] for r in classified.where(F.col("outcome") == WRITTEN).select(STAGED_FILE).distinct().collect()]
+        table = publish_staged_files(spark, staged.staging, target.output, files=kept, fmt=target.fmt,
+                                     schema=staged.schema, partition_by=["split"], delta_writer=target.delta_writer)
+    with timings.stage("write_quarantine"):
+        bad = quarantine_rows(classified, run_id, source=F.col(target.source_col), raw=_raw(target.raw_col))
+        quarantine = write_table(bad.coalesce(1), target.quarantine, fmt=target.fmt, mode="append", delta_writer=target.delta_writer)
+    log.info("published %d rows to %s (%s, version %s); %d to quarantine %s", table.rows, table.path, table.format,
+             table.version, quarantine.rows, quarantine.path)
+    return {"table": table.__dict__, "quarantine": quarantine.__dict__}
+
+
+def _drop_staged_duplicates(classified: "DataFrame", id_column: str) -> None:
+    """Rewrite the staged files that hold records found to be duplicates (rare: usually none)."""
+    dups = classified.where((F.col("outcome") == DUPLICATE) & F.col(STAGED_FILE).isNotNull())
+    by_file: dict[str, list[str]] = {}
+    for row in dups.select(STAGED_FILE, "record_id").collect():
+        by_file.setdefault(row[STAGED_FILE], []).append(row["record_id"])
+    if by_file:
+        log.info("removing %d duplicate records from %d staged files", sum(map(len, by_file.values())), len(by_file))
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda item: drop_records(item[0], id_column, item[1]), by_file.items()))
 
 
 def _raw(col_name: str | None) -> "Column":

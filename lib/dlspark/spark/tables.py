@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["TableConflictError", "TableError", "TableSnapshot", "WriteResult", "read_table", "table_exists",
-           "write_table"]
+__all__ = ["TableConflictError", "TableError", "TableSnapshot", "WriteResult", "new_staging_uri", "publish_staged_files",
+           "read_table", "table_exists", "write_table"]
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +251,13 @@ def _write_delta_rs(df: DataFrame, uri: str, mode: str, partition_by: list[str])
     base = delta_log.load_table(uri, missing_ok=True)  # the snapshot this write commits against
     if base is not None:
         delta_log.check_write_target(uri, base, schema, partition_by, mode)
-    fs, _ = _filesystem(uri)
     actions, moved = _stage(df, uri, schema, partition_by)
+    return _commit_delta_rs(uri, base, actions, moved, schema, mode, partition_by)
+
+
+def _commit_delta_rs(uri: str, base: Any, actions: list, moved: list[str], schema: dict, mode: str,
+                     partition_by: list[str]) -> WriteResult:
+    fs, _ = _filesystem(uri)
     try:
         write_id = delta_log.commit(uri, base, actions, schema, mode, partition_by)
     except TableError:
@@ -359,3 +364,65 @@ def _file_uri(uri: str, path: str) -> str:
     if urlparse(path).scheme or path.startswith("/"):  # the protocol allows absolute paths
         return path
     return f"{uri}/{path}"
+
+
+# ---- Files staged by Python workers (dlspark.ingest.staged) ---------------------------------------------
+
+def new_staging_uri(table_uri: str) -> str:
+    """A fresh staging folder inside the table (``_``-prefixed: invisible to readers, same filesystem)."""
+    return f"{_check_path(table_uri).rstrip('/')}/_dlspark_staging-{uuid.uuid4().hex}"
+
+
+def publish_staged_files(spark: SparkSession, staging: str, table_uri: str, *, files: Sequence[str], fmt: str,
+                         schema: Any, partition_by: Sequence[str], delta_writer: str = "auto") -> WriteResult:
+    """Append the staged Parquet ``files`` (under ``staging``, laid out ``<col>=<value>/``) to the table.
+
+    Files in ``staging`` that are not listed (left by failed task attempts) are not published. Parquet: the
+    files are moved into the table's partition folders. Delta: committed as one transaction (delta-rs), or
+    read and written by Spark's Delta writer when that is the writer in use. ``schema`` is the table's
+    Spark ``StructType``, partition columns included. The staging folder is removed in every case.
+    """
+    _check_choice("fmt", fmt, FORMATS)
+    uri, cols = _check_path(table_uri), list(partition_by)
+    fs, root = _filesystem(uri)
+    _, staged_root = _filesystem(staging)
+    try:
+        keep = {_filesystem(f)[1] for f in files}
+        delta_log.remove_paths(fs, [p for p in delta_log.data_files(fs, staged_root) if p not in keep])
+        if fmt == "parquet":
+            return _publish_parquet(fs, uri, root, staged_root, cols)
+        if _use_spark_delta(spark, delta_writer):
+            df = spark.read.schema(schema).parquet(staging) if keep else spark.createDataFrame([], schema)
+            return _write_spark_delta(df, uri, "append", cols)
+        return _publish_delta_rs(uri, fs, root, staged_root, delta_log.normalize_schema(json.loads(schema.json())), cols)
+    finally:
+        delta_log.remove_paths(fs, [staged_root])
+
+
+def _publish_parquet(fs: AbstractFileSystem, uri: str, root: str, staged_root: str, partition_by: list[str]) -> WriteResult:
+    moved: list[str] = []
+    rows = 0
+    for path in sorted(delta_log.data_files(fs, staged_root)):
+        rel_dir = path[len(staged_root) + 1:].rpartition("/")[0]
+        target = f"{root}/{rel_dir + '/' if rel_dir else ''}part-{uuid.uuid4()}.c000.snappy.parquet"
+        rows += delta_log.read_footer(fs, path).num_rows
+        fs.makedirs(target.rpartition("/")[0], exist_ok=True)
+        fs.mv(path, target)
+        moved.append(target)
+    log.info("published %d rows in %d parquet files to %s", rows, len(moved), uri)
+    return WriteResult(uri, "parquet", "append", None, len(moved), rows, "python-parquet")
+
+
+def _publish_delta_rs(uri: str, fs: AbstractFileSystem, root: str, staged_root: str, schema: dict,
+                      partition_by: list[str]) -> WriteResult:
+    _check_partition_types(schema, partition_by)
+    base = delta_log.load_table(uri, missing_ok=True)
+    if base is not None:
+        delta_log.check_write_target(uri, base, schema, partition_by, "append")
+    moved: list[str] = []
+    try:
+        actions = delta_log.publish_staged(fs, root, staged_root, schema, partition_by, moved)
+    except BaseException:
+        delta_log.remove_paths(fs, moved)
+        raise
+    return _commit_delta_rs(uri, base, actions, moved, schema, "append", partition_by)

@@ -1,0 +1,140 @@
+"""Python workers write the table's Parquet files themselves; Spark carries only one small outcome row per record.
+
+Large rows (image tensors) would otherwise cross Python -> JVM, be converted twice, be kept (persisted)
+until the counts are known, and be scanned again to be written. Here the processing stage (inside
+``mapInArrow``) writes its good rows straight into a staging folder inside the table: one Parquet file per
+partition value and task attempt, one row group per Arrow batch. Each outcome row names the staged file
+its record went to. The driver then drops the rows found to be duplicates across tasks from their files
+(:func:`drop_records`), and publishes the referenced files (:func:`dlspark.spark.tables.publish_staged_files`).
+Files of failed or repeated task attempts are never referenced, so they are never published.
+
+Pure code (pyarrow + fsspec): tested without Spark.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+STAGED_FILE = "staged_file"  # the outcome column naming the staged file of a written record
+
+
+@dataclass(frozen=True)
+class StagingArea:
+    """Where a task writes its rows: ``<uri>/<partition_col>=<value>/part-<attempt uuid>.parquet``.
+
+    ``schema`` is the table's data columns (the partition column is in the directory name, not the file).
+    """
+
+    uri: str
+    schema: pa.Schema
+    partition_col: str = "split"
+    compression: str = "snappy"
+
+
+def _filesystem(uri: str):  # noqa: ANN202 - fsspec filesystem
+    import fsspec.core
+
+    return fsspec.core.url_to_fs(uri)
+
+
+class PartitionWriters:
+    """The open Parquet writers of one task attempt, one per partition value, created on first use."""
+
+    def __init__(self, area: StagingArea) -> None:
+        self.area = area
+        self.fs, self.root = _filesystem(area.uri)
+        self.tag = uuid.uuid4().hex
+        self._open: dict[str, tuple[str, object, pq.ParquetWriter]] = {}
+
+    def write(self, value: str, rows: pa.Table) -> str:
+        """Append ``rows`` (the area's schema) as one row group of ``value``'s file; returns the file's URI."""
+        if value not in self._open:
+            self._open[value] = self._new_file(value)
+        uri, _, writer = self._open[value]
+        writer.write_table(rows.cast(self.area.schema), row_group_size=max(1, rows.num_rows))
+        return uri
+
+    def _new_file(self, value: str) -> tuple[str, object, pq.ParquetWriter]:
+        folder = f"{self.root}/{self.area.partition_col}={value}"
+        self.fs.makedirs(folder, exist_ok=True)
+        path = f"{folder}/part-{self.tag}.parquet"
+        handle = self.fs.open(path, "wb")
+        return self.fs.unstrip_protocol(path), handle, pq.ParquetWriter(handle, self.area.schema, compression=self.area.compression)
+
+    def close(self) -> None:
+        for _, handle, writer in self._open.values():
+            writer.close()
+            handle.close()  # type: ignore[attr-defined]
+        self._open.clear()
+
+
+ProcessFn = Callable[[pa.RecordBatch], "tuple[pa.Table, pa.RecordBatch]"]
+
+
+def stage_batches(batches: Iterable[pa.RecordBatch], process: ProcessFn, area: StagingArea) -> Iterator[pa.RecordBatch]:
+    """The ``mapInArrow`` body: ``process`` turns an input batch into (good rows, outcome rows).
+
+    ``good rows`` hold the table's columns plus the partition column, in the same order as the outcome rows
+    whose ``reject_reason`` is null. Yields the outcome rows with ``staged_file`` added.
+    """
+    writers = PartitionWriters(area)
+    try:
+        for batch in batches:
+            rows, outcomes = process(batch)
+            yield _with_staged_files(outcomes, _write_rows(writers, rows, area.partition_col))
+    finally:
+        writers.close()
+
+
+def _write_rows(writers: PartitionWriters, rows: pa.Table, partition_col: str) -> list[str]:
+    """Write ``rows`` grouped by partition value; the staged file of each row, in row order."""
+    values = rows.column(partition_col).to_pylist()
+    data = rows.drop_columns([partition_col])
+    files: list[str] = [""] * len(values)
+    for value in dict.fromkeys(values):
+        index = [i for i, v in enumerate(values) if v == value]
+        path = writers.write(value, data.take(index))
+        for i in index:
+            files[i] = path
+    return files
+
+
+def _with_staged_files(outcomes: pa.RecordBatch, files: list[str]) -> pa.RecordBatch:
+    written = outcomes.column("reject_reason").is_null().to_pylist()
+    if sum(written) != len(files):
+        raise RuntimeError(f"process returned {len(files)} good rows for {sum(written)} unrejected records; "
+                           "this is a bug in the batch function")
+    it = iter(files)
+    staged = pa.array([next(it) if ok else None for ok in written], type=pa.string())
+    return pa.RecordBatch.from_arrays([*outcomes.columns, staged], names=[*outcomes.schema.names, STAGED_FILE])
+
+
+def drop_records(uri: str, id_column: str, record_ids: Iterable[str]) -> int:
+    """Rewrite the staged file ``uri`` without the rows whose ``id_column`` is in ``record_ids``.
+
+    The file is replaced atomically (temp + move); a file left with no rows is deleted. Returns the rows kept.
+    """
+    fs, path = _filesystem(uri)
+    with fs.open(path, "rb") as handle:
+        source = pq.ParquetFile(handle)
+        group_rows = source.metadata.row_group(0).num_rows if source.metadata.num_row_groups else 1
+        table = source.read()
+    drop = pa.array(sorted(set(record_ids)), type=pa.string())
+    kept = table.filter(pc.invert(pc.is_in(table.column(id_column), value_set=drop)))
+    if kept.num_rows == 0:
+        fs.rm(path)
+        return 0
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with fs.open(tmp, "wb") as handle:
+        pq.write_table(kept, handle, compression="snappy", row_group_size=max(1, group_rows))
+    fs.mv(tmp, path)
+    log.info("removed %d duplicate rows from staged file %s", table.num_rows - kept.num_rows, path)
+    return kept.num_rows
