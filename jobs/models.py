@@ -1,0 +1,57 @@
+"""Inspect and steer the model registry: list versions, promote one to champion, roll champion back.
+
+    .venv/bin/python jobs/models.py [--pipeline image_classification|sentiment] list
+    .venv/bin/python jobs/models.py --pipeline sentiment promote 3
+    .venv/bin/python jobs/models.py rollback [--to 2] [--set mlflow.tracking_uri=http://mlflow:5000]
+
+The registered model is mlflow.registered_model of the pipeline's config (--name overrides it); the store is
+mlflow.tracking_uri (null = the embedded sqlite store under paths.data_dir/mlflow). Needs no Spark.
+Exit codes: 0 done, 1 failed (unknown model or version, no earlier champion), 2 bad configuration.
+"""
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from typing import Sequence
+
+from dlspark.cli import EXIT_FAILED, config_from_args, job_parser, run_job
+from dlspark.tracking import TrackingError, list_versions, promote, resolve_tracking, rollback
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = job_parser(__doc__)
+    parser.add_argument("--pipeline", default="image_classification", help="config layer naming the model")
+    parser.add_argument("--name", default=None, help="registered model name (default: from the config)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="versions with aliases and promotion metric")
+    commands.add_parser("promote", help="make VERSION the champion").add_argument("version")
+    commands.add_parser("rollback", help="champion back to the previous one").add_argument("--to", default=None)
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args, pipeline=args.pipeline)
+    target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
+    name = args.name or cfg.mlflow.registered_model or f"dlspark-{cfg.train.task}"
+    try:
+        if args.command == "list":
+            print(format_versions(name, list_versions(target, name)))
+        elif args.command == "promote":
+            print(f"{name}: champion -> version {promote(target, name, args.version)}")
+        else:
+            print(f"{name}: champion -> version {rollback(target, name, args.to)}")
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def format_versions(name: str, versions: list) -> str:
+    """One line per version: number, aliases, metric, run id, creation time (UTC)."""
+    lines = [f"{name}: {len(versions)} version(s)", f"{'version':>7}  {'aliases':<20} {'metric':<28} {'run_id':<32}  created"]
+    for v in versions:
+        metric = f"{v.metric_name}={v.metric_value:.4f}" if v.metric_value is not None else "-"
+        created = datetime.fromtimestamp(v.created_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(f"{v.version:>7}  {','.join(v.aliases) or '-':<20} {metric:<28} {v.run_id or '-':<32}  {created}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(main))
