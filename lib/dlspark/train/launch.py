@@ -1,0 +1,105 @@
+"""``run_training``: run ``train_worker`` under the configured backend; driver side (needs Spark for the
+distributed backends). Switching backends is a config change only: every backend runs the same function.
+
+- ``local``: in this process.
+- ``horovod``: ``horovod.spark.run(train_worker, args=(job,), num_proc=train.num_workers)``, one Spark task
+  per rank, Gloo on CPU, NCCL on GPU (whatever Horovod was built with).
+- ``torch_distributor``: ``TorchDistributor(num_processes, local_mode, use_gpu).run(train_worker, job)``;
+  ``local_mode`` is True when the Spark master is ``local[...]`` (processes on the driver), else the
+  processes run in Spark tasks on the executors.
+
+A failed run raises :class:`TrainingFailed` carrying the tail of the workers' output.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from dataclasses import replace
+from typing import Any, Callable
+
+import torch
+
+from dlspark.train.job import TrainJob, TrainResult
+
+logger = logging.getLogger(__name__)
+BACKENDS = ("local", "horovod", "torch_distributor")
+_TAIL = 6000
+
+
+class TrainingFailed(RuntimeError):
+    """A training process failed; the message ends with the tail of the workers' output."""
+
+
+def run_training(job: TrainJob, backend: str | None = None, *, spark: Any = None) -> TrainResult:
+    """Train ``job`` with ``backend`` (default ``job.config.backend``) and return rank 0's result.
+
+    Raises
+    ------
+    ValueError
+        Unknown backend, or a distributed backend without a SparkSession.
+    TrainingFailed
+        A worker failed; the message holds the end of its output.
+    """
+    backend = backend or job.config.backend
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is unknown; use one of {list(BACKENDS)}")
+    job = replace(job, config=replace(job.config, backend=backend))
+    worker = _worker_fn(job)
+    if backend == "local":
+        return worker(job)
+    if spark is None:
+        raise ValueError(f"backend {backend!r} runs on Spark: pass spark=<SparkSession>, or use backend 'local'")
+    n = job.config.num_workers
+    logger.info("training %s with %s on %d processes", job.run_name, backend, n)
+    result = _run_horovod(worker, job, n) if backend == "horovod" else _run_distributor(worker, job, n, spark)
+    if not isinstance(result, TrainResult):
+        raise TrainingFailed(f"{backend}: rank 0 returned {type(result).__name__}, expected TrainResult")
+    return result
+
+
+def _worker_fn(job: TrainJob) -> Callable[[TrainJob], Any]:
+    """The training function for ``train.framework`` (torch here; TensorFlow in ``dlspark.train.tf_loop``)."""
+    if job.config.framework == "tensorflow":
+        from dlspark.train import tf_loop
+
+        return tf_loop.train_worker
+    from dlspark.train.loop import train_worker
+
+    return train_worker
+
+
+class _Tee(io.TextIOBase):
+    """Forwards worker output to the driver's stream and keeps the last ``_TAIL`` characters."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.tail = stream, ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.tail = (self.tail + text)[-_TAIL:]
+        return len(text)
+
+
+def _run_horovod(worker: Callable, job: TrainJob, num_proc: int) -> Any:
+    import horovod.spark
+
+    out, err = _Tee(sys.stdout), _Tee(sys.stderr)
+    try:
+        results = horovod.spark.run(worker, args=(job,), num_proc=num_proc, stdout=out, stderr=err, verbose=1)
+    except Exception as exc:
+        raise TrainingFailed(f"horovod training of {job.run_name!r} failed: {exc}\n--- worker output (tail) ---\n"
+                             f"{out.tail}\n{err.tail}") from exc
+    return results[0]
+
+
+def _run_distributor(worker: Callable, job: TrainJob, num_proc: int, spark: Any) -> Any:
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    local_mode = spark.sparkContext.master.startswith("local")
+    use_gpu = job.config.device == "cuda" or (job.config.device == "auto" and torch.cuda.is_available())
+    distributor = TorchDistributor(num_processes=num_proc, local_mode=local_mode, use_gpu=use_gpu)
+    try:
+        return distributor.run(worker, job)
+    except Exception as exc:  # its message already holds the tail of the torchrun output
+        raise TrainingFailed(f"torch_distributor training of {job.run_name!r} failed: {exc}") from exc

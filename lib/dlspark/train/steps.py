@@ -1,0 +1,86 @@
+"""One optimisation step, one evaluation pass, and moving feeder batches onto the device. Pure torch."""
+from __future__ import annotations
+
+import math
+from contextlib import AbstractContextManager
+from itertools import islice
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlspark.train.runtime import Runtime
+
+
+def open_batches(spec: Any, *, rank: int, world_size: int, epoch: int) -> AbstractContextManager[Iterator[dict[str, np.ndarray]]]:
+    """The feeder's batches of ``spec`` for this rank and epoch (``dlspark.feed.open_batches``)."""
+    from dlspark.feed import open_batches as feed_open_batches
+
+    return feed_open_batches(spec, rank=rank, world_size=world_size, epoch=epoch)
+
+
+def to_device(batch: dict[str, np.ndarray], rt: Runtime, nhwc: bool) -> dict[str, torch.Tensor]:
+    """numpy batch -> tensors on ``rt.device`` (zero-copy on CPU); images as logical NCHW."""
+    out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(rt.device, non_blocking=True) for k, v in batch.items()}
+    if "x" in out:
+        x = out["x"].permute(0, 3, 1, 2) if nhwc else out["x"]  # [B, H, W, C] -> [B, C, H, W] view
+        out["x"] = x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x.contiguous()
+    return out
+
+
+def forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits (B, num_classes) of an image batch (``x``) or a text batch (``input_ids``, ``attention_mask``)."""
+    if "x" in batch:
+        return model(batch["x"])
+    return model(batch["input_ids"], batch["attention_mask"])
+
+
+def new_sums(device: torch.device) -> torch.Tensor:
+    """Running [loss * n, correct, n] of an epoch, kept on the device (no host sync per step)."""
+    return torch.zeros(3, dtype=torch.float64, device=device)
+
+
+def train_step(model: nn.Module, optimizer: Any, scheduler: Any, scaler: torch.amp.GradScaler, strategy: Any,
+               batch: dict[str, torch.Tensor], rt: Runtime, sums: torch.Tensor) -> None:
+    """Forward, backward (all-reduced by the strategy), optimizer and LR step; add to ``sums``."""
+    model.train()
+    with rt.autocast():
+        logits = forward(model, batch)
+        loss = F.cross_entropy(logits.float(), batch["y"])
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    strategy.step(optimizer, scaler)
+    scheduler.step()
+    _accumulate(sums, loss.detach(), logits.detach(), batch["y"])
+
+
+def _accumulate(sums: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    n = y.shape[0]
+    sums[0] += loss.double() * n
+    sums[1] += (logits.argmax(1) == y).sum()
+    sums[2] += n
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, spec: Any, strategy: Any, rt: Runtime, max_steps: int | None = None) -> dict[str, float]:
+    """Loss and accuracy of ``model`` on ``spec`` over all ranks' shards (every rank gets the same numbers)."""
+    model.eval()
+    sums = new_sums(rt.device)
+    nhwc = bool(getattr(spec, "channels_last", False))
+    with open_batches(spec, rank=strategy.rank, world_size=strategy.world_size, epoch=0) as batches:
+        for raw in islice(batches, max_steps):
+            batch = to_device(raw, rt, nhwc)
+            with rt.autocast():
+                logits = forward(model, batch).float()
+            _accumulate(sums, F.cross_entropy(logits, batch["y"]), logits, batch["y"])
+    return summarize(strategy.allreduce_sum(sums))
+
+
+def summarize(sums: torch.Tensor) -> dict[str, float]:
+    """``{"loss", "accuracy", "count"}`` from summed [loss * n, correct, n]."""
+    loss_sum, correct, n = (float(v) for v in sums.cpu())
+    if n == 0:
+        return {"loss": math.nan, "accuracy": math.nan, "count": 0.0}
+    return {"loss": loss_sum / n, "accuracy": correct / n, "count": n}
