@@ -108,8 +108,54 @@ class PetastormEpoch:
                                reader_pool_type="thread", workers_count=spec.reader_threads,
                                shuffle_row_groups=spec.shuffle, seed=spec.seed * 100_003 + self.epoch,
                                num_epochs=1, cur_shard=self.rank, shard_count=self.world_size) as reader:
+            _fix_end_of_data_race(reader)
             for batch in reader:
                 yield chunk_from_petastorm(batch._asdict(), spec)
+
+
+def _fix_end_of_data_race(reader: Any) -> None:
+    """Make the reader's thread pool check "ventilation completed" *before* "all workers idle".
+
+    petastorm 0.13.1's ``ThreadPool.get_results`` checks the other way round, so when the consumer is ahead of
+    the ventilator thread (e.g. a shard of one row group) it can end the epoch before the last row group is
+    ventilated, silently dropping it (seen in about one read in four in tests/test_feed_petastorm.py).
+    """
+    import types
+
+    from petastorm.workers_pool.thread_pool import ThreadPool
+
+    pool = reader._workers_pool
+    if type(pool) is ThreadPool and pool._ventilator is not None:
+        pool.get_results = types.MethodType(_get_results, pool)
+
+
+def _get_results(pool: Any) -> Any:
+    """``ThreadPool.get_results`` of petastorm 0.13.1 (seeded, strict round robin) with the end check fixed."""
+    import queue
+
+    from petastorm.workers_pool import EmptyResultError, VentilatedItemProcessedMessage
+
+    while True:
+        if pool._ventilator.completed() and pool.all_workers_done():  # completed first: no item is in flight
+            raise EmptyResultError()
+        worker = pool._get_results_worker_id
+        if pool.current_worker_done(worker):
+            pool._get_results_worker_id = (worker + 1) % pool.workers_count
+            continue
+        try:
+            result = pool._results_queues[worker].get(block=True, timeout=0.1)
+        except queue.Empty:
+            continue
+        if isinstance(result, VentilatedItemProcessedMessage):
+            pool._ventilated_items_processed_by_worker[worker] += 1
+            pool._ventilator.processed_item()
+            pool._get_results_worker_id = (worker + 1) % pool.workers_count
+        elif isinstance(result, Exception):
+            pool.stop()
+            pool.join()
+            raise result
+        else:
+            return result
 
 
 def chunk_from_petastorm(batch: dict[str, np.ndarray], spec: FeedSpec) -> Chunk:

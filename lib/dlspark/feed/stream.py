@@ -83,8 +83,8 @@ def shuffled(chunks: Iterable[Chunk], capacity: int, rng: np.random.Generator) -
 def fixed_batches(chunks: Iterable[Chunk], *, target: int, pad: int, batch_size: int) -> Iterator[Chunk]:
     """Exactly ``target`` rows cut into batches of ``batch_size`` (the last one may be shorter).
 
-    The first ``pad`` rows are kept and repeated at the end when the stream is shorter than ``target``;
-    rows beyond ``target`` are dropped.
+    The first ``pad`` rows are kept and repeated (cyclically) at the end when the stream is shorter than
+    ``target``; rows beyond ``target`` are dropped.
     """
     held: list[Chunk] = []
     kept: list[Chunk] = []
@@ -117,7 +117,9 @@ def _with_padding(chunks: Iterable[Chunk], pad: int, kept: list[Chunk]) -> Itera
             need -= rows(head)
         yield chunk
     if pad and kept:
-        yield concat(kept)
+        again = concat(kept)  # a share shorter than its padding repeats its rows as often as needed
+        for _ in range(-(-pad // rows(again))):
+            yield again
 
 
 def _split(held: list[Chunk], size: int) -> tuple[Chunk, list[Chunk], int]:
