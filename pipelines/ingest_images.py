@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig, ImageIngestConfig, config_hash
 from dlspark.images import ImageSpec
-from dlspark.images.batches import OUTCOME_DDL, ImageBatchJob, decode_batch, table_ddl, table_schema
+from dlspark.images.batches import BLOB_COLUMNS, OUTCOME_DDL, ImageBatchJob, decode_batch, table_ddl, table_schema
 from dlspark.ingest.commit import IngestReport, IngestTarget, StagedWrite, commit_ingest, files_for, label_mapping
 from dlspark.ingest.files import (
     Sidecar,
@@ -49,7 +49,7 @@ def ingest_images(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestR
     files, counts, read_from = find_new_files(spark, source, icfg.glob, icfg.recursive, Sidecar(target.output), timings)
     files = _with_labels(spark, files, icfg, source, cfg.paths.data_dir)
     staged = StagedWrite(new_staging_uri(target.output), spark.createDataFrame([], table_ddl(icfg.keep_original)).schema,
-                         label_mapping(files, target) if counts.new else None)
+                         label_mapping(files, target) if counts.new else None, blob_columns=BLOB_COLUMNS)
     job = _batch_job(cfg, staged, run_id)
     records = _decode(spark, read_from, files, counts.new, cfg, job, staged) if counts.new else _empty_records(spark)
     context = {"input": source, "config_hash": config_hash(cfg), "image_shape": list(_spec(icfg).shape)}
@@ -92,7 +92,7 @@ def _decode(spark, read_from, files: "DataFrame", new_files: int, cfg: AppConfig
     contents = _with_labels(spark, contents, icfg, source, data_dir).select("path", "modificationTime", "length", "content", "label")
     # Few, large tasks: each writes one file per split, so fewer tasks means fewer, larger files.
     contents = contents.coalesce(files_for(new_files, target.row_bytes, spark))
-    area = StagingArea(staged.staging, table_schema(icfg.keep_original))
+    area = StagingArea(staged.staging, table_schema(icfg.keep_original), blob_columns=BLOB_COLUMNS)
     fn = partial(stage_batches, process=partial(decode_batch, job=job), area=area)
     return contents.mapInArrow(fn, OUTCOME_SCHEMA).unionByName(_unreadable(files, icfg.max_file_bytes))
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Mapping
 
+import numpy as np
 import pyarrow as pa
 
 from dlspark.config import SplitConfig
@@ -43,6 +44,19 @@ _SPARK_TYPES = {pa.string(): "string", pa.int32(): "int", pa.binary(): "binary",
 def table_schema(keep_original: bool) -> pa.Schema:
     """Data columns of the image table (the ``split`` partition column lives in the folder names)."""
     return pa.schema(_TABLE_TYPES + ([("original", pa.binary())] if keep_original else []))
+
+
+def binary_array(chunks: list[bytes]) -> pa.Array:
+    """A binary array over one joined buffer: one copy, no per-value work (``pa.array`` is ~8x slower here)."""
+    offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
+    np.cumsum([len(c) for c in chunks], out=offsets[1:])
+    if offsets[-1] < 2**31:
+        return pa.BinaryArray.from_buffers(pa.binary(), len(chunks), [None, pa.py_buffer(offsets.astype(np.int32)),
+                                                                       pa.py_buffer(b"".join(chunks))])
+    return pa.array(chunks, type=pa.binary())
+
+
+BLOB_COLUMNS = ("pixels", "original")
 
 
 def table_ddl(keep_original: bool) -> str:
@@ -120,7 +134,7 @@ def _table_rows(outcomes: pa.RecordBatch, good: dict[str, list], job: ImageBatch
     n = len(good["row"])
     columns = {
         **picked,
-        "pixels": pa.array(good["pixels"], type=pa.binary()),
+        "pixels": binary_array(good["pixels"]),
         "shape": pa.array(good["shape"], type=pa.list_(pa.int32())),
         "width": pa.array(good["width"], type=pa.int32()),
         "height": pa.array(good["height"], type=pa.int32()),
@@ -128,7 +142,7 @@ def _table_rows(outcomes: pa.RecordBatch, good: dict[str, list], job: ImageBatch
         "source_modification_time": outcomes.column("modification_time").take(take),
         "ingest_run_id": pa.array([job.run_id] * n, type=pa.string()),
         "ingested_at": pa.array([job.ingested_at] * n, type=_UTC_US),
-        "original": pa.array(good["original"], type=pa.binary()),
+        "original": binary_array(good["original"]) if job.keep_original else pa.nulls(n, pa.binary()),
     }
     names = [*table_schema(job.keep_original).names, "split"]
     return pa.table({name: columns[name] for name in names})

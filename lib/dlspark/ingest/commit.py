@@ -69,6 +69,7 @@ class StagedWrite:
     schema: Any                        # the table's Spark StructType, partition column included
     labels: Mapping[str, int] | None   # the mapping the workers applied (None: unlabelled)
     id_column: str = "path"            # the table column holding a record's record_id
+    blob_columns: tuple[str, ...] = ()  # see dlspark.ingest.staged.StagingArea
 
     def discard(self) -> None:
         """Remove the staging folder (no-op once published)."""
@@ -111,6 +112,7 @@ def commit_ingest(
     undecodable bytes); their values go into the run summary under ``metrics``.
     """
     records = records.persist(getattr(StorageLevel, target.storage))
+    cleanup: list["DataFrame"] = []
     try:
         start = time.perf_counter()
         with timings.stage("process"):
@@ -120,7 +122,9 @@ def commit_ingest(
             mapping = staged.labels if staged else label_mapping(records, target)
             labelled = records if staged else with_label_index(records, mapping)
             classified = with_outcome(labelled, _existing_hashes(spark, target), dedup=target.dedup)
-            if staged:
+            if staged:  # small outcome rows, read by several actions: decide dedup once
+                classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
+                cleanup.append(classified)
                 writes = _publish_outputs(spark, classified, target, run_id, timings, staged)
             else:
                 writes = _write_outputs(classified, target, run_id, timings, files_for(seen, target.row_bytes, spark))
@@ -135,8 +139,8 @@ def commit_ingest(
             with timings.stage("ledger"):
                 append_ledger(files, Sidecar(target.output), run_id)
     finally:
-        records.unpersist()
-        files.unpersist()
+        for df in (records, files, *cleanup):
+            df.unpersist()
         if staged:
             staged.discard()
     counts = IngestCounts(
@@ -192,7 +196,7 @@ def _publish_outputs(
 ) -> dict[str, Any]:
     """Drop duplicates from the staged files, publish the files, write the quarantine rows."""
     with timings.stage("write"):
-        _drop_staged_duplicates(classified, staged.id_column)
+        _drop_staged_duplicates(classified, staged)
         kept = [r[STAGED_FILE] for r in classified.where(F.col("outcome") == WRITTEN).select(STAGED_FILE).distinct().collect()]
         table = publish_staged_files(spark, staged.staging, target.output, files=kept, fmt=target.fmt,
                                      schema=staged.schema, partition_by=["split"], delta_writer=target.delta_writer)
@@ -204,7 +208,7 @@ def _publish_outputs(
     return {"table": table.__dict__, "quarantine": quarantine.__dict__}
 
 
-def _drop_staged_duplicates(classified: "DataFrame", id_column: str) -> None:
+def _drop_staged_duplicates(classified: "DataFrame", staged: StagedWrite) -> None:
     """Rewrite the staged files that hold records found to be duplicates (rare: usually none)."""
     dups = classified.where((F.col("outcome") == DUPLICATE) & F.col(STAGED_FILE).isNotNull())
     by_file: dict[str, list[str]] = {}
@@ -213,7 +217,7 @@ def _drop_staged_duplicates(classified: "DataFrame", id_column: str) -> None:
     if by_file:
         log.info("removing %d duplicate records from %d staged files", sum(map(len, by_file.values())), len(by_file))
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda item: drop_records(item[0], id_column, item[1]), by_file.items()))
+            list(pool.map(lambda item: drop_records(item[0], staged.id_column, item[1], staged.blob_columns), by_file.items()))
 
 
 def _raw(col_name: str | None) -> "Column":

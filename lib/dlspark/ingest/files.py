@@ -60,8 +60,8 @@ class Sidecar:
         return f"{self.root}/runs/{run_id}.json"
 
 
-def list_files(spark: "SparkSession", path: str, *, glob: str, recursive: bool) -> "DataFrame":
-    """(path, modification_time, length) of every file under ``path``; file contents are not read.
+def list_files(spark: "SparkSession", path: str, *, glob: str, recursive: bool) -> "tuple[DataFrame, int]":
+    """(path, modification_time, length) of every file under ``path``, persisted, and how many; contents are not read.
 
     Spark's file scans skip zero-byte files, so those are added back from the file index: a file
     that exists is never silently missing from the listing (it is quarantined as ``empty_file``).
@@ -72,19 +72,26 @@ def list_files(spark: "SparkSession", path: str, *, glob: str, recursive: bool) 
         if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
             raise InputNotFound(f"input path {path!r} does not exist; check paths.data_dir and the ingest input key") from exc
         raise
-    listing = df.select("path", F.col("modificationTime").alias("modification_time"), "length")
-    return listing.unionByName(_empty_files(spark, df, listing))
+    listing = df.select("path", F.col("modificationTime").alias("modification_time"), "length").persist()
+    scanned = listing.count()
+    empty = _empty_files(spark, df, listing, scanned)
+    if not empty:
+        return listing, scanned
+    full = listing.unionByName(spark.createDataFrame(empty, LISTING_SCHEMA)).persist()
+    full.count()
+    listing.unpersist()  # one cached frame to unpersist for the caller
+    return full, scanned + len(empty)
 
 
-def _empty_files(spark: "SparkSession", df: "DataFrame", listing: "DataFrame") -> "DataFrame":
+def _empty_files(spark: "SparkSession", df: "DataFrame", listing: "DataFrame", scanned: int) -> list[tuple]:
     """Listing rows for the zero-byte files that the file index holds but the scan skipped."""
     indexed = df._jdf.inputFiles()  # a py4j array: len() is one call, reading paths is one call each
-    if len(indexed) == listing.count():
-        return spark.createDataFrame([], LISTING_SCHEMA)
-    scanned = {_hadoop_form(r["path"]) for r in listing.select("path").collect()}
-    missing = [p for p in (_hadoop_form(str(x)) for x in indexed) if p not in scanned]
+    if len(indexed) == scanned:
+        return []
+    seen = {_hadoop_form(r["path"]) for r in listing.select("path").collect()}
+    missing = [p for p in (_hadoop_form(str(x)) for x in indexed) if p not in seen]
     log.info("%d zero-byte files found (Spark scans skip them)", len(missing))
-    return spark.createDataFrame([_status(spark, p) for p in missing], LISTING_SCHEMA)
+    return [_status(spark, p) for p in missing]
 
 
 def _hadoop_form(uri: str) -> str:
@@ -157,13 +164,16 @@ def find_new_files(
     """
     start = time.perf_counter()
     with timings.stage("list"):
-        listing = list_files(spark, source, glob=glob, recursive=recursive).persist()
-        listed = listing.count()
+        listing, listed = list_files(spark, source, glob=glob, recursive=recursive)
         if listed == 0:
             raise InputNotFound(f"no files match {glob!r} under {source}; check the ingest input path and glob")
-        new = unprocessed_files(listing, read_ledger(spark, sidecar)).persist()
-        n_new = new.count()
-        listing.unpersist()  # `new` is materialised; the caller unpersists it
+        ledger = read_ledger(spark, sidecar)
+        if ledger is None:  # first run: every listed file is new
+            new, n_new = listing, listed
+        else:
+            new = unprocessed_files(listing, ledger).persist()
+            n_new = new.count()
+            listing.unpersist()  # `new` is materialised; the caller unpersists it
     log_progress("list", rows=listed, seconds=time.perf_counter() - start, unit="files")
     log.info("%d files listed, %d already ingested, %d new", listed, listed - n_new, n_new)
     read_from: str | list[str] = source if n_new == listed else [r["path"] for r in new.select("path").collect()]

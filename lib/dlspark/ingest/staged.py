@@ -37,6 +37,19 @@ class StagingArea:
     schema: pa.Schema
     partition_col: str = "split"
     compression: str = "snappy"
+    # Large opaque columns (tensors, file bytes): no dictionary encoding and no min/max statistics, which
+    # would cost more CPU than the whole decode of those values and help no reader.
+    blob_columns: tuple[str, ...] = ()
+
+    def writer_options(self) -> dict:
+        """Keyword arguments for ``pq.ParquetWriter``."""
+        return writer_options(self.schema, self.blob_columns, self.compression)
+
+
+def writer_options(schema: pa.Schema, blob_columns: Iterable[str], compression: str = "snappy") -> dict:
+    """Parquet writer options: dictionary encoding and statistics for every column but the blobs."""
+    small = [name for name in schema.names if name not in set(blob_columns)]
+    return {"compression": compression, "use_dictionary": small, "write_statistics": small}
 
 
 def _filesystem(uri: str):  # noqa: ANN202 - fsspec filesystem
@@ -67,7 +80,7 @@ class PartitionWriters:
         self.fs.makedirs(folder, exist_ok=True)
         path = f"{folder}/part-{self.tag}.parquet"
         handle = self.fs.open(path, "wb")
-        return self.fs.unstrip_protocol(path), handle, pq.ParquetWriter(handle, self.area.schema, compression=self.area.compression)
+        return self.fs.unstrip_protocol(path), handle, pq.ParquetWriter(handle, self.area.schema, **self.area.writer_options())
 
     def close(self) -> None:
         for _, handle, writer in self._open.values():
@@ -117,7 +130,7 @@ def _with_staged_files(outcomes: pa.RecordBatch, files: list[str]) -> pa.RecordB
     return pa.RecordBatch.from_arrays([*outcomes.columns, staged], names=[*outcomes.schema.names, STAGED_FILE])
 
 
-def drop_records(uri: str, id_column: str, record_ids: Iterable[str]) -> int:
+def drop_records(uri: str, id_column: str, record_ids: Iterable[str], blob_columns: Iterable[str] = ()) -> int:
     """Rewrite the staged file ``uri`` without the rows whose ``id_column`` is in ``record_ids``.
 
     The file is replaced atomically (temp + move); a file left with no rows is deleted. Returns the rows kept.
@@ -134,7 +147,7 @@ def drop_records(uri: str, id_column: str, record_ids: Iterable[str]) -> int:
         return 0
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
     with fs.open(tmp, "wb") as handle:
-        pq.write_table(kept, handle, compression="snappy", row_group_size=max(1, group_rows))
+        pq.write_table(kept, handle, row_group_size=max(1, group_rows), **writer_options(kept.schema, blob_columns))
     fs.mv(tmp, path)
     log.info("removed %d duplicate rows from staged file %s", table.num_rows - kept.num_rows, path)
     return kept.num_rows
