@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import pickle
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -268,3 +271,13 @@ def test_shuffle_pool_emits_a_permutation() -> None:
     out = [c["y"] for chunk in chunks for c in pool.push(chunk)] + [c["y"] for c in pool.drain()]
     flat = np.concatenate(out)
     assert sorted(flat.tolist()) == list(range(20)) and flat.tolist() != list(range(20))
+
+
+def test_spec_pickles_and_the_arrow_feeder_never_imports_petastorm(images: Path) -> None:
+    spec = spec_for(images, label_map={"c0": 0, "c1": 1})
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    code = ("import pickle, sys; from dlspark.feed import open_batches; spec = pickle.loads(sys.stdin.buffer.read())\n"
+            "with open_batches(spec) as batches: rows = sum(len(b['y']) for b in batches)\n"
+            "print(rows, 'petastorm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(spec), capture_output=True, check=True)
+    assert out.stdout.decode().split() == ["40", "False"]
