@@ -40,19 +40,21 @@ def cache_dir_url(cache_dir: str) -> str:
 
 
 def petastorm_spec(spark: SparkSession, df: DataFrame, feed_cfg: FeedConfig, *, kind: Kind, split: str,
-                   cache_dir: str, min_row_groups: int = 2, seed: int = 0, limit_rows: int | None = None,
+                   cache_dir: str | None = None, min_row_groups: int = 2, seed: int = 0, limit_rows: int | None = None,
                    label_map: Mapping[str, int] | None = None, row_group_bytes: int = 32 * 1024 * 1024,
                    **spec_fields: Any) -> FeedSpec:
     """Materialise ``df`` (one split of an ingested table) with petastorm and return the FeedSpec over it.
 
-    ``min_row_groups`` should be at least the number of training processes: petastorm shards row groups and
-    refuses more shards than row groups. Rows whose label is not in ``label_map`` are filtered out here.
+    ``cache_dir``: the converter's parent cache dir, absolute or a URI (None: ``feed_cfg.petastorm_cache_dir``,
+    which must then be resolved against ``paths.data_dir`` already). ``min_row_groups`` should be at least
+    the number of training processes: petastorm shards row groups and refuses more shards than row groups.
+    Rows whose label is not in ``label_map`` are filtered out here.
     ``spec_fields`` are passed to :func:`make_spec` (image_shape, max_length, normalize, ...).
     """
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
     from pyspark.sql import functions as F
 
-    url = cache_dir_url(cache_dir)
+    url = cache_dir_url(cache_dir if cache_dir is not None else feed_cfg.petastorm_cache_dir)
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, url)
     df = df.select(*columns_for(kind, bool(label_map)))
     if label_map:
