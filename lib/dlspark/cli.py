@@ -47,14 +47,24 @@ def run_job(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
 
 
 def run_spark_pipeline(
-    argv: Sequence[str] | None, *, description: str | None, pipeline: str, fn: Callable[[Any, AppConfig, str], Any]
+    argv: Sequence[str] | None, *, description: str | None, pipeline: str | Sequence[str] | None,
+    fn: Callable[[Any, AppConfig, str], Any], choices: Sequence[str] = (),
 ) -> tuple[str, Any]:
     """What every Spark job does: parse args, load config, start logging with a run id, build the
-    session, and call ``fn(spark, cfg, run_id)``. Returns (run_id, whatever ``fn`` returns)."""
+    session, and call ``fn(spark, cfg, run_id)``. Returns (run_id, whatever ``fn`` returns).
+
+    With ``choices``, the job takes ``--pipeline NAME`` (one of them, default the first): that config
+    layer is applied after ``pipeline``'s.
+    """
     from dlspark.spark.session import build_spark_session
 
-    args = job_parser(description).parse_args(argv)
-    cfg = config_from_args(args, pipeline=pipeline)
+    parser = job_parser(description)
+    if choices:
+        parser.add_argument("--pipeline", choices=list(choices), default=choices[0],
+                            help=f"which conf/pipelines/<name>.yaml to apply (default {choices[0]})")
+    args = parser.parse_args(argv)
+    layers = [pipeline] if isinstance(pipeline, str) else list(pipeline or [])
+    cfg = config_from_args(args, pipeline=layers + ([args.pipeline] if choices else []))
     run_id = new_run_id()
     setup_logging(cfg.run, run_id)
     return run_id, fn(build_spark_session(cfg.spark), cfg, run_id)

@@ -1,0 +1,203 @@
+"""Training pipeline: an ingested table -> trained, evaluated, tracked and registered model.
+
+snapshot the table (version + fingerprint) -> one FeedSpec per split (arrow: the snapshot's files;
+petastorm: ``make_spark_converter``) -> MLflow run: inputs, then ``run_training`` on the configured backend
+(local | horovod | torch_distributor; rank 0 logs per-epoch metrics) -> best model logged with its label
+mapping and preprocessing spec -> registered as ``candidate``; ``champion`` only if it beats the champion.
+
+Rerunning with the same ``train.run_name`` resumes from the latest checkpoint (see ``dlspark.train``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pyspark.sql import functions as F
+
+from dlspark.config import AppConfig, to_dict
+from dlspark.feed import (
+    FeedSpec,
+    image_normalization,
+    make_spec,
+    open_batches,
+    petastorm_spec,
+    preprocessing_spec,
+    split_files,
+)
+from dlspark.ingest.files import Sidecar
+from dlspark.paths import resolve_path
+from dlspark.runlog import read_json
+from dlspark.spark.tables import TableSnapshot, read_table
+from dlspark.tracking import RegistrationResult, log_run_inputs, register_and_promote, resolve_tracking, start_run
+from dlspark.train import TrainJob, TrainResult, run_training
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class TrainInputError(ValueError):
+    """The training table is missing, empty for a split, or lacks the label mapping."""
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What a training run produced."""
+
+    mlflow_run_id: str
+    result: TrainResult
+    model_uri: str
+    registered_model: str | None
+    registration: RegistrationResult | None
+    table_version: int | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def train_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TrainReport:
+    """Train ``cfg.train`` on its table, log everything to MLflow and register the model."""
+    tcfg = cfg.train
+    table_uri = resolve_path(cfg.paths.data_dir, tcfg.table)
+    snapshot = read_table(spark, table_uri, fmt=tcfg.table_format)
+    labels, label_map = _labels(cfg, table_uri)
+    specs = feed_specs(spark, cfg, snapshot, label_map)
+    target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
+    run_name = tcfg.run_name or tcfg.task
+    model_name = cfg.mlflow.registered_model or f"dlspark-{tcfg.task}"
+    with start_run(target, cfg.mlflow.experiment, run_name, tags={"dlspark.run_id": run_id, "dlspark.task": tcfg.task}) as run:
+        log_run_inputs(cfg, table_uri, snapshot.version, snapshot.fingerprint)
+        job = TrainJob(config=tcfg, train=specs["train"], val=specs["val"], test=specs["test"], num_classes=len(labels),
+                       labels=labels, checkpoint_dir=resolve_path(cfg.paths.data_dir, tcfg.checkpoint_dir), run_name=run_name,
+                       mlflow_tracking_uri=target.tracking_uri, mlflow_run_id=run.info.run_id)
+        result = run_training(job, tcfg.backend, spark=spark)
+        _log_result(result)
+        model_uri = _log_model(cfg, job, result, labels, specs["test"])
+        registration = None
+        if cfg.mlflow.register:
+            metric = cfg.mlflow.promote_metric
+            value = _metric(result, metric)
+            registration = register_and_promote(target, model_name, run.info.run_id, "model", metric, value)
+    summary = _summary(cfg, run.info.run_id, result, model_uri, model_name, registration, snapshot, target.ui_command())
+    log.info("trained %s: test accuracy %.4f; %s", run_name, result.test_metrics.get("test_accuracy", float("nan")),
+             registration.reason if registration else "not registered")
+    return TrainReport(run.info.run_id, result, model_uri, model_name if registration else None, registration,
+                       snapshot.version, summary)
+
+
+def _labels(cfg: AppConfig, table_uri: str) -> tuple[tuple[str, ...], dict[str, int] | None]:
+    """(class names by target index, label -> target map for the feeder; None = the table's label_index)."""
+    stored = (read_json(Sidecar(table_uri).labels) or {}).get("labels")
+    if not stored:
+        raise TrainInputError(f"{Sidecar(table_uri).labels} is missing: train.table={cfg.train.table!r} is not an ingest "
+                              "output table (run jobs/ingest_images.py or jobs/ingest_text.py first)")
+    if cfg.train.task == "image_classification":
+        return tuple(sorted(stored, key=stored.get)), None
+    return sentiment_labels(cfg, stored)
+
+
+def sentiment_labels(cfg: AppConfig, stored: dict[str, int]) -> tuple[tuple[str, ...], dict[str, int]]:
+    """The binary task's classes (negative=0, positive=1) and map; ``neutral`` dropped or folded in by config."""
+    s = cfg.train.sentiment
+    missing = [name for name in (s.negative_label, s.positive_label) if name not in stored]
+    if missing:
+        raise TrainInputError(f"train.sentiment labels {missing} are not in the table's labels {sorted(stored)}; "
+                              "set train.sentiment.positive_label/negative_label")
+    mapping = {s.negative_label: 0, s.positive_label: 1}
+    if s.neutral != "drop" and s.neutral_label in stored:
+        mapping[s.neutral_label] = mapping[s.negative_label if s.neutral == "negative" else s.positive_label]
+    return (s.negative_label, s.positive_label), mapping
+
+
+def feed_specs(spark: "SparkSession", cfg: AppConfig, snapshot: TableSnapshot, label_map: dict[str, int] | None) -> dict[str, FeedSpec]:
+    """One FeedSpec per split of the snapshot, for the configured feeder."""
+    tcfg = cfg.train
+    kind = "image" if tcfg.task == "image_classification" else "text"
+    shape_or_length = _input_shape(snapshot, kind)
+    fields: dict[str, Any] = {"image_shape": shape_or_length} if kind == "image" else {"max_length": shape_or_length}
+    if kind == "image":
+        train_files, _ = split_files(snapshot.path, snapshot.format, "train", snapshot.version)
+        fields["normalize"] = image_normalization(train_files, shape_or_length)
+    common = {"kind": kind, "seed": tcfg.seed, "limit_rows": tcfg.limit_rows, "label_map": label_map, **fields}
+    if tcfg.feed.feeder == "petastorm":
+        cache = resolve_path(cfg.paths.data_dir, tcfg.feed.petastorm_cache_dir)
+        return {split: petastorm_spec(spark, snapshot.df.where(F.col("split") == split), tcfg.feed, split=split,
+                                      cache_dir=cache, min_row_groups=max(2, tcfg.num_workers), **common)
+                for split in SPLITS}
+    return {split: make_spec(tcfg.feed, files=_split_files(snapshot, split), split=split, **common) for split in SPLITS}
+
+
+def _split_files(snapshot: TableSnapshot, split: str) -> tuple[str, ...]:
+    files, _ = split_files(snapshot.path, snapshot.format, split, snapshot.version)
+    if not files:
+        raise TrainInputError(f"{snapshot.path} has no rows in split {split!r}; ingest more data or change the split fractions")
+    return tuple(files)
+
+
+def _input_shape(snapshot: TableSnapshot, kind: str) -> Any:
+    """Image (H, W, C) or token length, read from one row of the table (every row has the same)."""
+    column = "shape" if kind == "image" else "input_ids"
+    row = snapshot.df.select(column).first()
+    if row is None:
+        raise TrainInputError(f"{snapshot.path} has no rows to train on")
+    return tuple(row[column]) if kind == "image" else len(row[column])
+
+
+def _metric(result: TrainResult, name: str) -> float:
+    """A promotion metric from the result: the best validation metric, or a test metric."""
+    if name == result.monitor:
+        return float(result.best_metric)
+    best = result.history[result.best_epoch] if result.best_epoch < len(result.history) else result.history[-1]
+    for source in (result.test_metrics, best):
+        if name in source:
+            return float(source[name])
+    raise TrainInputError(f"mlflow.promote_metric={name!r} is not a metric of this run; use one of "
+                          f"{sorted(set(result.test_metrics) | set(best) | {result.monitor})}")
+
+
+def _log_result(result: TrainResult) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in result.test_metrics.items()})
+    mlflow.log_metrics({"best_epoch": result.best_epoch, f"best_{result.monitor}": float(result.best_metric)})
+    mlflow.set_tags({"train.backend": result.backend, "train.world_size": str(result.world_size),
+                     "train.stopped_early": str(result.stopped_early), "train.resumed_from": str(result.resumed_from)})
+    mlflow.log_dict({"history": list(result.history), "timing": result.timing}, "train/history.json")
+
+
+def _log_model(cfg: AppConfig, job: TrainJob, result: TrainResult, labels: tuple[str, ...], test: FeedSpec) -> str:
+    """Log the best model (pytorch flavor, or Keras SavedModel) with labels and preprocessing spec; returns its URI."""
+    extras = {"labels.json": {"labels": list(labels)}, "preprocessing.json": preprocessing_spec(test),
+              "model_spec.json": result.model_spec, "train_config.json": to_dict(cfg)["train"]}
+    if cfg.train.framework == "tensorflow":  # Keras takes NHWC
+        from dlspark.tracking import log_keras_model
+        from dlspark.train.tf_loop import load_best_keras_model
+
+        example = _first_batch(replace(test, channels_last=True))["x"]
+        return log_keras_model(load_best_keras_model(result), np.ascontiguousarray(example), extras).model_uri
+    batch = _first_batch(test)
+    from dlspark.models.export import example_input, load_trained_model, servable
+    from dlspark.tracking import log_torch_model
+
+    model = servable(load_trained_model(result.model_path, result.model_spec), test.kind)
+    return log_torch_model(model, example_input(batch, test.kind), extras).model_uri
+
+
+def _first_batch(spec: FeedSpec) -> dict[str, np.ndarray]:
+    with open_batches(replace(spec, shuffle=False, augment=False, batch_size=4, limit_rows=4)) as batches:
+        return next(iter(batches))
+
+
+def _summary(cfg, mlflow_run_id, result, model_uri, model_name, registration, snapshot, ui) -> dict[str, Any]:  # noqa: ANN001
+    return {
+        "mlflow_run_id": mlflow_run_id, "task": cfg.train.task, "backend": result.backend, "world_size": result.world_size,
+        "feeder": cfg.train.feed.feeder, "epochs_trained": len(result.history), "best_epoch": result.best_epoch,
+        f"best_{result.monitor}": result.best_metric, "test_metrics": result.test_metrics, "model_uri": model_uri,
+        "registered_model": model_name if registration else None,
+        "version": registration.version if registration else None,
+        "champion": bool(registration and registration.promoted), "table": snapshot.path,
+        "table_version": snapshot.version, "table_fingerprint": snapshot.fingerprint, "mlflow_ui": ui,
+    }
