@@ -1,7 +1,7 @@
 """Training-feeder throughput: arrow feeder vs petastorm feeder vs in-memory numpy batches, same data, one run.
 
     .venv/bin/python bench/feeder_bench.py                         # 24k 28x28x1 + 20k 64x64x3 images, text table
-    .venv/bin/python bench/feeder_bench.py --rows 24000 --rows-rgb 0 --repeats 3
+    .venv/bin/python bench/feeder_bench.py --rows 24000 --rows-rgb 0 --repeats 5
 
 Data: generated image tables written with pyarrow in the ingest layout (``split=train/``, 4 files, row groups
 of 4096 rows, uint8 HWC ``pixels`` + ``shape`` + ``label_index``), and the real ingested text table
@@ -15,7 +15,8 @@ reads, shuffling on, augmentation off (one extra arrow row with augmentation on)
 - numpy: the split preloaded in memory as uint8 arrays; a permutation cut into batches, the same
   normalisation; no I/O, no threads: what the decode work alone costs.
 
-Rates are rows/s over whole epochs (open to last batch), the median of ``--repeats`` epochs after one warm-up.
+Rates are rows/s over whole epochs (open to last batch), the median of ``--repeats`` epochs after one warm-up;
+the feeders take turns epoch by epoch so that load from other processes hits them alike.
 Results: ``bench/results/feeder.json`` with the command and the ratios computed in this run.
 """
 from __future__ import annotations
@@ -60,15 +61,20 @@ def write_image_table(root: Path, rows: int, shape: tuple[int, int, int], files:
         pq.write_table(table, folder / f"part-{k:05d}.parquet", row_group_size=row_group)
 
 
-def epoch_rate(run_epoch, repeats: int) -> tuple[float, list[float]]:  # noqa: ANN001
-    """Median rows/s of ``repeats`` epochs after one warm-up; ``run_epoch(epoch) -> rows``."""
-    run_epoch(0)
-    rates = []
+def interleaved_rates(runs: dict, repeats: int) -> dict[str, tuple[float, list[float]]]:
+    """Median rows/s of each ``run(epoch) -> rows`` over ``repeats`` epochs after one warm-up each.
+
+    The feeders take turns epoch by epoch, so that load from other processes falls on all of them alike.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run(0)
     for epoch in range(1, repeats + 1):
-        start = time.perf_counter()
-        rows = run_epoch(epoch)
-        rates.append(rows / (time.perf_counter() - start))
-    return statistics.median(rates), [round(r, 1) for r in rates]
+        for name, run in runs.items():
+            start = time.perf_counter()
+            rows = run(epoch)
+            rates[name].append(rows / (time.perf_counter() - start))
+    return {name: (statistics.median(r), [round(v, 1) for v in r]) for name, r in rates.items()}
 
 
 def feeder_epoch(spec):  # noqa: ANN001, ANN201
@@ -119,14 +125,14 @@ def bench_dataset(spark, name: str, root: Path, kind: str, args: argparse.Namesp
     peta = petastorm_spec(spark, df, cfg, kind=kind, split="train", cache_dir=str(args.workdir / "petastorm"),
                           min_row_groups=4, **fields)
     convert_s = time.perf_counter() - start
-    rates = {}
-    for label, run in (("numpy", numpy_epoch(arrow)), ("arrow", feeder_epoch(arrow)), ("petastorm", feeder_epoch(peta))):
-        rates[label] = epoch_rate(run, args.repeats)
-        log.info("%s %s: %.0f rows/s %s", name, label, *rates[label])
+    runs = {"numpy": numpy_epoch(arrow), "arrow": feeder_epoch(arrow), "petastorm": feeder_epoch(peta)}
     if kind == "image":
         aug = make_spec(FeedConfig(batch_size=args.batch_size, augment=True, reader_threads=args.threads),
                         kind=kind, files=files, split="train", **fields)
-        rates["arrow_augment"] = epoch_rate(feeder_epoch(aug), args.repeats)
+        runs["arrow_augment"] = feeder_epoch(aug)
+    rates = interleaved_rates(runs, args.repeats)
+    for label, (rate, _) in rates.items():
+        log.info("%s %s: %.0f rows/s", name, label, rate)
     rows = sum(pq.read_metadata(f).num_rows for f in files)
     return {
         "data": name, "kind": kind, "rows": rows, "batch_size": args.batch_size, "reader_threads": args.threads,
@@ -158,7 +164,7 @@ def main() -> int:
     parser.add_argument("--text", default=str(REPO / "data" / "tables" / "text"), help="ingested text table")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     keep = args.workdir is not None
