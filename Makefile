@@ -7,7 +7,7 @@ STANDALONE := $(PY) -m dlspark.spark.standalone
 
 help:
 	@echo "make setup         create .venv with dlspark and its extras (./setup.sh)"
-	@echo "make demo          prepare demo data, then ingest images and text with ./spark-submit.sh"
+	@echo "make demo          prepare demo data, ingest images and text, train + register both models (./spark-submit.sh)"
 	@echo "make test          all tests except gpu (starts a local standalone cluster for 'cluster' tests)"
 	@echo "make test-fast     tests not marked slow, cluster or gpu"
 	@echo "make lint          ruff check lib jobs pipelines tests bench"
@@ -19,7 +19,11 @@ setup:
 	./setup.sh
 
 demo: setup
-	$(PY) jobs/prepare_demo_data.py && ./spark-submit.sh jobs/ingest_images.py && ./spark-submit.sh jobs/ingest_text.py
+	$(PY) jobs/prepare_demo_data.py
+	./spark-submit.sh jobs/ingest_images.py
+	./spark-submit.sh jobs/ingest_text.py
+	./spark-submit.sh jobs/train.py --pipeline image_classification
+	./spark-submit.sh jobs/train.py --pipeline sentiment
 
 test:
 	$(PYTEST) -m "not gpu"
