@@ -71,8 +71,9 @@ def log_keras_model(
     """Log a Keras 3 model, exported as a TF SavedModel (``mlflow.keras`` flavor, ``save_exported_model``).
 
     Parameters are those of :func:`log_torch_model`; ``input_example`` is in the Keras model's layout
-    (e.g. float32 ``[B, H, W, C]``). Loading back: ``mlflow.pyfunc.load_model(uri).predict(x)``, or the
-    SavedModel under ``<model>/data/model`` with ``tf.saved_model.load``.
+    (e.g. float32 ``[B, H, W, C]``) and is stored as ``extras/input_example.json``. Loading back:
+    ``mlflow.pyfunc.load_model(uri).predict(x)``, or the SavedModel under ``<model>/data/model`` with
+    ``tf.saved_model.load``.
     """
     import mlflow
 
@@ -80,9 +81,11 @@ def log_keras_model(
     output = np.asarray(model(example, training=False))
     signature = mlflow.models.infer_signature(example, output)
     requirements = pip_requirements or _pinned("tensorflow-cpu", "keras", "numpy", "mlflow")
+    # mlflow 3.17's keras flavor writes the input example before it creates the model folder (FileNotFoundError),
+    # so the example goes under extras/ instead of into the MLmodel file; the signature is still inferred from it.
     info = mlflow.keras.log_model(model, name=name, save_exported_model=True, signature=signature,
-                                  input_example=example, pip_requirements=requirements)
-    _log_extras(info.model_id, artifacts or {})
+                                  pip_requirements=requirements)
+    _log_extras(info.model_id, {**(artifacts or {}), "input_example.json": example.tolist()})
     return info
 
 
