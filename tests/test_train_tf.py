@@ -6,21 +6,53 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from dlspark.config import MlflowConfig  # noqa: E402
-from dlspark.feed import preprocessing_spec, tf_dataset  # noqa: E402
+from dlspark.config import FeedConfig, MlflowConfig, TrainConfig  # noqa: E402
+from dlspark.feed import make_spec, preprocessing_spec, tf_dataset  # noqa: E402
 from dlspark.models.keras_image import KerasCNNConfig, build_keras_model, config_from_spec  # noqa: E402
-from dlspark.train import run_training  # noqa: E402
+from dlspark.train import TrainJob, run_training  # noqa: E402
 from dlspark.train.schedule import lr_factor  # noqa: E402
 from dlspark.train.tf_loop import BEST_WEIGHTS, WarmupCosine, keras_model_spec, load_best_keras_model  # noqa: E402
-from tests.test_train_loop import SIZE, image_job, write_image_table  # noqa: E402
+
+SIZE = 8
 
 
-def tf_job(table: Path, ckpt: Path, run_name: str = "tf", **train: object):
-    return image_job(table, ckpt, run_name, **{"framework": "tensorflow", **train})
+def write_image_table(root: Path, rows: dict[str, int], seed: int = 0) -> Path:
+    """Hive-partitioned ``split=<name>/part-0.parquet`` of 8x8x1 images: class 1 ("top") has a bright top half,
+    class 0 ("bottom") a bright bottom half, both with noise (separable, invariant to horizontal flips)."""
+    rng = np.random.default_rng(seed)
+    for split, n in rows.items():
+        labels = np.arange(n) % 2
+        pixels = rng.integers(0, 90, size=(n, SIZE, SIZE, 1), dtype=np.uint8)
+        for i, label in enumerate(labels):
+            pixels[i, slice(0, SIZE // 2) if label == 1 else slice(SIZE // 2, SIZE)] += 120
+        table = pa.table({
+            "label": pa.array(["top" if v else "bottom" for v in labels]),
+            "label_index": pa.array(labels, pa.int32()),
+            "pixels": pa.array([p.tobytes() for p in pixels], pa.binary()),
+            "shape": pa.array([[SIZE, SIZE, 1]] * n, pa.list_(pa.int32())),
+        })
+        (root / f"split={split}").mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, root / f"split={split}" / "part-0.parquet", row_group_size=64)
+    return root
+
+
+def tf_job(table: Path, ckpt: Path, run_name: str = "tf", **train: object) -> TrainJob:
+    """A TensorFlow TrainJob over ``table`` with a small Keras CNN; ``train`` overrides TrainConfig fields."""
+    feed = FeedConfig(batch_size=16, shuffle_buffer=64, prefetch_batches=2, reader_threads=1, augment=False)
+    values = dict(framework="tensorflow", epochs=2, lr=0.01, warmup_epochs=0.2, early_stopping_patience=0, feed=feed)
+    cfg = TrainConfig(**{**values, **train})
+    specs = {split: make_spec(cfg.feed, kind="image", files=tuple(str(p) for p in sorted((table / f"split={split}").glob("*.parquet"))),
+                              split=split, seed=cfg.seed, image_shape=(SIZE, SIZE, 1), normalize=((0.5,), (0.25,)))
+             for split in ("train", "val", "test")}
+    model = {"name": "cnn", "widths": [8, 16], "hidden": 16, "dropout": 0.1}
+    return TrainJob(config=cfg, train=specs["train"], val=specs["val"], test=specs["test"], num_classes=2,
+                    labels=("bottom", "top"), checkpoint_dir=str(ckpt), run_name=run_name, model=model)
 
 
 @pytest.fixture(scope="module")
