@@ -12,6 +12,7 @@ A failed run raises :class:`TrainingFailed` carrying the tail of the workers' ou
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import sys
@@ -99,7 +100,10 @@ def _run_distributor(worker: Callable, job: TrainJob, num_proc: int, spark: Any)
     local_mode = spark.sparkContext.master.startswith("local")
     use_gpu = job.config.device == "cuda" or (job.config.device == "auto" and torch.cuda.is_available())
     distributor = TorchDistributor(num_processes=num_proc, local_mode=local_mode, use_gpu=use_gpu)
+    out = _Tee(sys.stdout)  # TorchDistributor echoes the torchrun output to sys.stdout; keep its tail
     try:
-        return distributor.run(worker, job)
-    except Exception as exc:  # its message already holds the tail of the torchrun output
-        raise TrainingFailed(f"torch_distributor training of {job.run_name!r} failed: {exc}") from exc
+        with contextlib.redirect_stdout(out):
+            return distributor.run(worker, job)
+    except Exception as exc:
+        raise TrainingFailed(f"torch_distributor training of {job.run_name!r} failed: {exc}\n"
+                             f"--- worker output (tail) ---\n{out.tail}") from exc

@@ -49,7 +49,7 @@ def train_step(model: nn.Module, optimizer: Any, scheduler: Any, scaler: torch.a
     with rt.autocast():
         logits = forward(model, batch)
         loss = F.cross_entropy(logits.float(), batch["y"])
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()  # horovod's DistributedOptimizer takes no set_to_none (grads become None either way)
     scaler.scale(loss).backward()
     strategy.step(optimizer, scaler)
     scheduler.step()

@@ -56,7 +56,7 @@ class HorovodStrategy(LocalStrategy):
         import horovod.torch as hvd
 
         hvd.init()
-        self.hvd = hvd
+        self.hvd, self._broadcasts = hvd, 0
         self.rank, self.world_size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -85,7 +85,8 @@ class HorovodStrategy(LocalStrategy):
         scaler.update()
 
     def broadcast_object(self, obj: Any) -> Any:
-        return self.hvd.broadcast_object(obj, root_rank=0)
+        self._broadcasts += 1  # the same name on every rank (Horovod's default is the object's type name)
+        return self.hvd.broadcast_object(obj, root_rank=0, name=f"dlspark.broadcast.{self._broadcasts}")
 
     def allreduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.hvd.allreduce(tensor, op=self.hvd.Sum)

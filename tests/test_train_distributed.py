@@ -1,0 +1,36 @@
+"""The same job on horovod (Gloo) and TorchDistributor (DDP, Gloo) with 2 processes on local[2]."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from dlspark.train import TrainingFailed, run_training
+from tests.test_train_loop import image_job, write_image_table
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    return write_image_table(tmp_path_factory.mktemp("dist_images"), {"train": 256, "val": 64, "test": 64})
+
+
+@pytest.mark.parametrize("backend", ["horovod", "torch_distributor"])
+def test_two_process_backend_trains_and_splits_the_data(spark, table, tmp_path, backend):
+    job = image_job(table, tmp_path, run_name=backend, epochs=1, num_workers=2)
+    result = run_training(job, backend, spark=spark)
+    assert result.backend == backend and result.world_size == 2
+    assert [h["epoch"] for h in result.history] == [0]
+    assert result.history[0]["steps"] == 8  # 256 rows / 2 ranks / batch 16: each rank reads half
+    assert result.test_metrics["test_count"] == 64  # every test row evaluated once across the ranks
+    assert result.test_metrics["test_accuracy"] >= 0.8, result.test_metrics
+    assert (tmp_path / backend / "best.pt").is_file()
+
+
+@pytest.mark.parametrize("backend", ["horovod", "torch_distributor"])
+def test_worker_failure_carries_the_worker_error(spark, table, tmp_path, backend):
+    job = image_job(table, tmp_path, run_name="bad", epochs=1, num_workers=2)
+    job = replace(job, model={"name": "cnn", "in_channels": 1, "num_classes": 2, "no_such_field": 1})
+    with pytest.raises(TrainingFailed, match="no_such_field"):
+        run_training(job, backend, spark=spark)
