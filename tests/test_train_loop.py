@@ -83,3 +83,18 @@ def test_rerun_of_a_finished_run_trains_nothing(image_table, tmp_path):
     again = run_training(image_job(image_table, tmp_path, epochs=1), "local")
     assert again.resumed_from is not None and again.timing["train_steps"] == 0
     assert again.history == first.history and again.test_metrics == first.test_metrics
+
+
+def test_bf16_autocast_runs_on_cpu(image_table, tmp_path):
+    result = run_training(image_job(image_table, tmp_path, epochs=1, precision="bf16"), "local")
+    assert result.test_metrics["test_accuracy"] >= 0.8, result.test_metrics
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_amp_and_channels_last_on_gpu(image_table, tmp_path, precision):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    result = run_training(image_job(image_table, tmp_path, epochs=2, device="cuda", precision=precision, channels_last="on"), "local")
+    assert result.test_metrics["test_accuracy"] >= 0.9, result.test_metrics
