@@ -6,9 +6,10 @@ from pathlib import Path
 
 HEADER = """# Benchmarks
 
-Every figure below is written by `bench/ingest_bench.py` from its own measurements; baseline and ours
-are measured back to back in the same run, on the same files. Regenerate with the command in each
-section (then `.venv/bin/python bench/ingest_bench.py report`).
+Every figure below is rendered by `bench/report.py` from `bench/results/*.json`, which the benchmark
+scripts write from their own measurements; baselines and ours are measured back to back in the same run,
+on the same data. Regenerate with the command in each section (then `.venv/bin/python bench/ingest_bench.py report`).
+The machine has 2 cores; a figure measured while other work ran on it says so.
 """
 
 
@@ -38,7 +39,51 @@ Pillow {m['pillow']}, transformers {m['transformers']}.
 """
 
 
+def _feeder_section(r: dict) -> str:
+    rows = []
+    for res in r["results"]:
+        rates, ratios = res["rows_per_s"], res["ratios"]
+        rows.append(f"| {res['data']} | {rates['numpy']:,.0f} | {rates['arrow']:,.0f} | {rates['petastorm']:,.0f} | "
+                    f"**{ratios['arrow_over_petastorm']}** | {res.get('petastorm_convert_s', '-')} s |")
+    note = r.get("note", "")
+    return f"""
+## Training feeders: arrow vs petastorm vs in-memory numpy
+
+Command: `{r.get('command', '.venv/bin/python bench/feeder_bench.py')}` ({r.get('measured_at', '')}). One rank, batch
+{r['results'][0]['batch_size']}, shuffle on, augmentation off; rows/s, median of the epochs. Target: arrow >= \
+{r['target']['arrow_over_petastorm']}x petastorm. {note}
+
+| data | in-memory numpy | arrow feeder | petastorm feeder | arrow / petastorm | petastorm materialisation |
+| --- | --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
+"""
+
+
+def _train_section(r: dict) -> str:
+    f = r.get("feeder_vs_memory")
+    if not f:
+        return ""
+    runs = f["runs"]
+    lines = "\n".join(f"| {name} | {v['images_per_s']:.0f} | {v['step_ms']:.0f} |" for name, v in runs.items())
+    return f"""
+## Training step rate: real feeder vs in-memory batches
+
+Command: `.venv/bin/python bench/train_bench.py feeder --steps {f['steps']}` ({r['system']['measured_at'][:19]}); compact CNN on
+Fashion-MNIST 28x28x1, batch {f['batch_size']}, local backend, {r['system']['device']}. Target >= 0.90. {r.get('note', '')}
+
+| run | images/s | ms/step |
+| --- | --- | --- |
+{lines}
+
+Ratio arrow feeder / in-memory: **{f['ratio_feeder_vs_memory']:.2f}**.
+"""
+
+
 def write_benchmarks_md(results: Path, out: Path) -> None:
     files = [results / f"{name}.json" for name in INGEST_RESULTS if (results / f"{name}.json").exists()]
     body = "".join(_section(json.loads(f.read_text())) for f in files)
+    if (results / "feeder.json").exists():
+        body += _feeder_section(json.loads((results / "feeder.json").read_text()))
+    if (results / "train.json").exists():
+        body += _train_section(json.loads((results / "train.json").read_text()))
     out.write_text(HEADER + (body or "\nNo results yet.\n"))
