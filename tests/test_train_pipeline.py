@@ -72,7 +72,8 @@ def test_local_backend_trains_logs_and_registers(spark, image_table, feeder):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["horovod", "torch_distributor"])
 def test_distributed_backends_run_the_same_job(spark, image_table, backend):
-    cfg = _train_cfg(image_table, f"dist-{backend}", f"train.backend={backend}", "train.epochs=2")
+    # 2 workers scale the LR x2: a gentler base LR than the local test keeps BatchNorm with 8-row batches stable.
+    cfg = _train_cfg(image_table, f"dist-{backend}", f"train.backend={backend}", "train.epochs=2", "train.lr=0.003")
     report = train_model(spark, cfg, f"run-{backend}")
     assert report.summary["backend"] == backend and report.summary["world_size"] == 2
     assert report.summary["test_metrics"]["test_accuracy"] >= 0.7, report.summary["test_metrics"]
