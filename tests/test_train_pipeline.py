@@ -79,7 +79,7 @@ def test_distributed_backends_run_the_same_job(spark, image_table, backend):
     assert report.summary["test_metrics"]["test_accuracy"] >= 0.7, report.summary["test_metrics"]
 
 
-def test_logged_model_reloads_with_its_preprocessing(spark, image_table):
+def test_logged_model_reloads_with_its_preprocessing(spark, image_table, tmp_path):
     import mlflow
 
     cfg = _train_cfg(image_table, "reload", "train.epochs=2")
@@ -89,8 +89,8 @@ def test_logged_model_reloads_with_its_preprocessing(spark, image_table):
     model = mlflow.pytorch.load_model(report.model_uri)
     x = np.zeros((2, 1, 12, 12), np.float32)
     assert tuple(model(__import__("torch").from_numpy(x)).shape) == (2, 2)
-    local = Path(mlflow.artifacts.download_artifacts(f"{report.model_uri}/extras/preprocessing.json"))
-    spec = json.loads(local.read_text())
+    folder = Path(mlflow.artifacts.download_artifacts(report.model_uri, dst_path=str(tmp_path)))
+    spec = json.loads((folder / "extras" / "preprocessing.json").read_text())
     assert spec["image_shape"] == [12, 12, 1] and len(spec["mean"]) == 1
 
 
