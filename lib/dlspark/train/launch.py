@@ -101,9 +101,51 @@ def _run_distributor(worker: Callable, job: TrainJob, num_proc: int, spark: Any)
     use_gpu = job.config.device == "cuda" or (job.config.device == "auto" and torch.cuda.is_available())
     distributor = TorchDistributor(num_processes=num_proc, local_mode=local_mode, use_gpu=use_gpu)
     out = _Tee(sys.stdout)  # TorchDistributor echoes the torchrun output to sys.stdout; keep its tail
+    _remove_stale_result(job)
     try:
         with contextlib.redirect_stdout(out):
-            return distributor.run(worker, job)
+            result = distributor.run(_report_rank0, worker, job)
     except Exception as exc:
         raise TrainingFailed(f"torch_distributor training of {job.run_name!r} failed: {exc}\n"
                              f"--- worker output (tail) ---\n{out.tail}") from exc
+    # pyspark 3.5's local mode has every process write its return value to the same file, so a rank > 0
+    # (which returns None) can win the race: take rank 0's result from the file it wrote instead.
+    return result if result is not None else _read_rank0(job)
+
+
+def _rank0_result_path(job: TrainJob) -> str:
+    return f"{job.checkpoint_dir.rstrip('/')}/{job.run_name}/rank0-result.pkl"
+
+
+def _report_rank0(worker: Callable[[TrainJob], Any], job: TrainJob) -> Any:
+    """Run ``worker``; rank 0 (the one that returns a result) also saves it beside the checkpoints."""
+    import pickle
+
+    import fsspec
+
+    result = worker(job)
+    if result is not None:
+        with fsspec.open(_rank0_result_path(job), "wb") as handle:
+            pickle.dump(result, handle)
+    return result
+
+
+def _remove_stale_result(job: TrainJob) -> None:
+    import fsspec.core
+
+    fs, path = fsspec.core.url_to_fs(_rank0_result_path(job))
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def _read_rank0(job: TrainJob) -> Any:
+    import pickle
+
+    import fsspec
+
+    path = _rank0_result_path(job)
+    try:
+        with fsspec.open(path, "rb") as handle:
+            return pickle.load(handle)  # noqa: S301 - written by this job's own rank 0
+    except FileNotFoundError:
+        return None
