@@ -68,7 +68,7 @@ def _train_section(r: dict) -> str:
     return f"""
 ## Training step rate: real feeder vs in-memory batches
 
-Command: `.venv/bin/python bench/train_bench.py feeder --steps {f['steps']}` ({r['system']['measured_at'][:19]}); compact CNN on
+Command: `.venv/bin/python bench/train_bench.py all --steps {f["steps"]}` ({r['system']['measured_at'][:19]}); compact CNN on
 Fashion-MNIST 28x28x1, batch {f['batch_size']}, local backend, {r['system']['device']}. Target >= 0.90. {r.get('note', '')}
 
 | run | images/s | ms/step |
@@ -76,6 +76,26 @@ Fashion-MNIST 28x28x1, batch {f['batch_size']}, local backend, {r['system']['dev
 {lines}
 
 Ratio arrow feeder / in-memory: **{f['ratio_feeder_vs_memory']:.2f}**.
+{_backends(r.get("backends"))}"""
+
+
+def _backends(b: dict | None) -> str:
+    if not b:
+        return ""
+    lines = "\n".join(
+        f"| {name} | {v['world_size']} | {v['step_ms']:.0f} | {v['images_per_s']:.0f} | {v['wall_s']:.0f} | "
+        f"{v['test_accuracy']:.4f} |" for name, v in b["results"].items())
+    return f"""
+## Training backends: local vs horovod vs torch_distributor
+
+Command: `.venv/bin/python bench/train_bench.py backends --rows {b['train_rows']} --epochs {b['epochs']}`; the same job
+(compact CNN, first {b['train_rows']} Fashion-MNIST train rows, {b['epochs']} epochs, batch {b['per_worker_batch']} per worker, LR
+scaled by world size), local[2]. Step time = rank 0's training seconds / optimizer steps; wall includes process
+launch, validation and the test evaluation; accuracy on the whole test split.
+
+| backend | processes | ms/step | images/s | wall s | test accuracy |
+| --- | --- | --- | --- | --- | --- |
+{lines}
 """
 
 
