@@ -46,14 +46,16 @@ def ingest_images(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestR
     source = resolve_path(cfg.paths.data_dir, icfg.input)
     target = image_target(cfg)
     timings = StageTimings()
-    files, counts, read_from = find_new_files(spark, source, icfg.glob, icfg.recursive, Sidecar(target.output), timings)
-    files = _with_labels(spark, files, icfg, source, cfg.paths.data_dir)
+    # `listing` is persisted; commit_ingest unpersists it (a derived frame such as `files` holds no cache).
+    listing, counts, read_from = find_new_files(spark, source, icfg.glob, icfg.recursive, Sidecar(target.output), timings)
+    files = _with_labels(spark, listing, icfg, source, cfg.paths.data_dir)
     staged = StagedWrite(new_staging_uri(target.output), spark.createDataFrame([], table_ddl(icfg.keep_original)).schema,
                          label_mapping(files, target) if counts.new else None, blob_columns=BLOB_COLUMNS)
     job = _batch_job(cfg, staged, run_id)
-    records = _decode(spark, read_from, files, counts.new, cfg, job, staged) if counts.new else _empty_records(spark)
+    records = _decode(spark, read_from, files, counts.new, cfg, target, job, staged) if counts.new else _empty_records(spark)
     context = {"input": source, "config_hash": config_hash(cfg), "image_shape": list(_spec(icfg).shape)}
-    return commit_ingest(spark, records, files, counts, target, run_id=run_id, timings=timings, context=context, staged=staged)
+    return commit_ingest(spark, records, listing, counts, target, run_id=run_id, timings=timings, context=context,
+                         staged=staged)
 
 
 def image_target(cfg: AppConfig) -> IngestTarget:
@@ -80,13 +82,12 @@ def _batch_job(cfg: AppConfig, staged: StagedWrite, run_id: str) -> ImageBatchJo
     return ImageBatchJob(_spec(icfg), icfg.split, icfg.keep_original, staged.labels, run_id, datetime.now(timezone.utc))
 
 
-def _decode(spark, read_from, files: "DataFrame", new_files: int, cfg: AppConfig, job: ImageBatchJob,  # noqa: ANN001
-            staged: StagedWrite) -> "DataFrame":
+def _decode(spark, read_from, files: "DataFrame", new_files: int, cfg: AppConfig, target: IngestTarget,  # noqa: ANN001
+            job: ImageBatchJob, staged: StagedWrite) -> "DataFrame":
     """One outcome row per new file. Readable files are decoded and their good rows written to staged files
     by the Python workers; empty or oversize files are rejected from the listing, unread."""
     icfg, data_dir = cfg.ingest_images, cfg.paths.data_dir
     source = resolve_path(data_dir, icfg.input)
-    target = image_target(cfg)
     contents = read_contents(spark, read_from, glob=icfg.glob, recursive=icfg.recursive)
     contents = contents.where(F.col("length").between(1, icfg.max_file_bytes))
     contents = _with_labels(spark, contents, icfg, source, data_dir).select("path", "modificationTime", "length", "content", "label")

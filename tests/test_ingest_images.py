@@ -92,6 +92,7 @@ def test_rerun_is_idempotent_then_incremental(spark, zoo):
     assert (c.files_already_ingested, c.files_new, c.written, c.duplicates, c.quarantined) == (14, 2, 1, 1, 0)
     table = table_rows(spark, cfg)
     assert table.count() == 7
+    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()  # every frame a run persisted is released
     assert table.where(F.col("ingest_run_id") == "run-3").select("path").first()["path"].endswith("cat/new.jpg")
 
 

@@ -56,9 +56,6 @@ class IngestTarget:
     raw_col: str | None
     unit: str = "records"
     row_bytes: int = 1024  # estimated stored size of one row, for sizing output files
-    # Where the processed rows are kept between the writes and counts: image tensors are large, so they
-    # go to local disk (the later scans read only small columns); small text rows stay in memory.
-    storage: str = "MEMORY_AND_DISK"
 
 
 @dataclass(frozen=True)
@@ -111,7 +108,7 @@ def commit_ingest(
     ``record_metrics`` are aggregate expressions over all records seen (e.g. how many texts had
     undecodable bytes); their values go into the run summary under ``metrics``.
     """
-    records = records.persist(getattr(StorageLevel, target.storage))
+    records = records.persist(StorageLevel.MEMORY_AND_DISK)
     cleanup: list["DataFrame"] = []
     try:
         start = time.perf_counter()
