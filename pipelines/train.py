@@ -75,7 +75,7 @@ def train_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TrainRepo
                        mlflow_tracking_uri=target.tracking_uri, mlflow_run_id=run.info.run_id)
         result = run_training(job, tcfg.backend, spark=spark)
         _log_result(result)
-        model_uri = _log_model(cfg, job, result, labels, specs["test"])
+        model_uri = _log_model(cfg, result, labels, specs["test"])
         registration = None
         if cfg.mlflow.register:
             metric = cfg.mlflow.promote_metric
@@ -118,16 +118,16 @@ def feed_specs(spark: "SparkSession", cfg: AppConfig, snapshot: TableSnapshot, l
     kind = "image" if tcfg.task == "image_classification" else "text"
     shape_or_length = _input_shape(snapshot, kind)
     fields: dict[str, Any] = {"image_shape": shape_or_length} if kind == "image" else {"max_length": shape_or_length}
+    files = {split: _split_files(snapshot, split) for split in SPLITS}
     if kind == "image":
-        train_files, _ = split_files(snapshot.path, snapshot.format, "train", snapshot.version)
-        fields["normalize"] = image_normalization(train_files, shape_or_length)
+        fields["normalize"] = image_normalization(files["train"], shape_or_length)
     common = {"kind": kind, "seed": tcfg.seed, "limit_rows": tcfg.limit_rows, "label_map": label_map, **fields}
     if tcfg.feed.feeder == "petastorm":
         cache = resolve_path(cfg.paths.data_dir, tcfg.feed.petastorm_cache_dir)
         return {split: petastorm_spec(spark, snapshot.df.where(F.col("split") == split), tcfg.feed, split=split,
                                       cache_dir=cache, min_row_groups=max(2, tcfg.num_workers), **common)
                 for split in SPLITS}
-    return {split: make_spec(tcfg.feed, files=_split_files(snapshot, split), split=split, **common) for split in SPLITS}
+    return {split: make_spec(tcfg.feed, files=files[split], split=split, **common) for split in SPLITS}
 
 
 def _split_files(snapshot: TableSnapshot, split: str) -> tuple[str, ...]:
@@ -168,7 +168,7 @@ def _log_result(result: TrainResult) -> None:
     mlflow.log_dict({"history": list(result.history), "timing": result.timing}, "train/history.json")
 
 
-def _log_model(cfg: AppConfig, job: TrainJob, result: TrainResult, labels: tuple[str, ...], test: FeedSpec) -> str:
+def _log_model(cfg: AppConfig, result: TrainResult, labels: tuple[str, ...], test: FeedSpec) -> str:
     """Log the best model (pytorch flavor, or Keras SavedModel) with labels and preprocessing spec; returns its URI."""
     extras = {"labels.json": {"labels": list(labels)}, "preprocessing.json": preprocessing_spec(test),
               "model_spec.json": result.model_spec, "train_config.json": to_dict(cfg)["train"]}

@@ -114,7 +114,9 @@ def _run_distributor(worker: Callable, job: TrainJob, num_proc: int, spark: Any)
 
 
 def _rank0_result_path(job: TrainJob) -> str:
-    return f"{job.checkpoint_dir.rstrip('/')}/{job.run_name}/rank0-result.pkl"
+    from dlspark.train.checkpoint import CheckpointStore
+
+    return f"{CheckpointStore(job.checkpoint_dir, job.run_name).uri}/rank0-result.pkl"
 
 
 def _report_rank0(worker: Callable[[TrainJob], Any], job: TrainJob) -> Any:
