@@ -268,6 +268,65 @@ class MlflowConfig:
 
 
 @dataclass(frozen=True)
+class InferenceConfig:
+    """Batch scoring of a table with a registered model (see ``dlspark.inference``)."""
+
+    model: str | None = None              # models:/<name>@<alias> | models:/<name>/<version> | runs:/<id>/model | a name
+    alias: str = "champion"               # used when model is a bare name or null (null = mlflow.registered_model)
+    input: str | None = None              # table to score; null = train.table
+    input_format: TableFormat = "parquet"
+    input_version: int | None = None      # Delta version to read; null = the latest
+    split: Literal["train", "val", "test"] | None = None   # score only this split; null = every row
+    text_mode: Literal["tokens", "text"] = "tokens"       # text models: ingested input_ids, or a raw text column
+    text_column: str = "text"
+    passthrough: tuple[str, ...] | None = None   # input columns copied to the output; null = the ids, split and labels present
+    output: str | None = None             # null = tables/predictions/<registered model name>
+    format: TableFormat = "parquet"
+    batch_size: int = 256                 # rows per forward pass
+    top_k: int = 3
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True                      # bf16 autocast on GPUs that have it
+    task_cpus: int | None = None          # stage-level resource profile for the scoring stage (pyspark >= 4)
+    task_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"inference.batch_size: must be >= 1, got {self.batch_size}")
+        _require(self.top_k >= 0, f"inference.top_k: must be >= 0, got {self.top_k}")
+        _require(self.task_cpus is None or self.task_cpus >= 1, "inference.task_cpus: must be >= 1 or null")
+        _require(self.task_gpus >= 0, "inference.task_gpus: must be >= 0")
+        _require(self.input_version is None or self.input_format == "delta",
+                 "inference.input_version: only Delta tables have versions; set input_format: delta or drop it")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Streaming sentiment: JSON lines (or Kafka) -> scored rows, quarantine, per-minute aggregates."""
+
+    source: Literal["files", "kafka"] = "files"
+    input: str = "landing/stream"         # directory watched for *.jsonl files (source files)
+    kafka_bootstrap_servers: str | None = None
+    kafka_topic: str | None = None
+    text_field: str = "text"
+    id_field: str = "id"
+    time_field: str = "created_at"        # event time (ISO-8601); missing = arrival time
+    output: str = "tables/stream/predictions"
+    quarantine: str = "tables/stream/quarantine"
+    aggregates: str = "tables/stream/aggregates"
+    format: TableFormat = "parquet"
+    checkpoint: str = "checkpoints/stream"
+    trigger_seconds: float = 5.0
+    max_files_per_trigger: int = 100
+    window: str = "1 minute"
+    watermark: str = "2 minutes"
+
+    def __post_init__(self) -> None:
+        _require(self.trigger_seconds >= 0, "stream.trigger_seconds: must be >= 0")
+        _require(self.max_files_per_trigger >= 1, "stream.max_files_per_trigger: must be >= 1")
+        _require(self.source != "kafka" or bool(self.kafka_bootstrap_servers and self.kafka_topic),
+                 "stream.source is kafka: set stream.kafka_bootstrap_servers and stream.kafka_topic")
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """The whole resolved configuration; built once by ``load_config`` and passed down."""
 
@@ -278,3 +337,5 @@ class AppConfig:
     ingest_text: TextIngestConfig = field(default_factory=TextIngestConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)

@@ -102,15 +102,23 @@ def start_run(
     if _sqlite_folder(target.tracking_uri):
         _sqlite_folder(target.tracking_uri).mkdir(parents=True, exist_ok=True)
     experiment_id = ensure_experiment(target, experiment)
+    with using_target(target), mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                                                run_name=None if run_id else run_name, tags=dict(tags or {})) as run:
+        log.info("MLflow run %s (%s) in experiment %r; browse with: %s",
+                 run.info.run_id, run_name, experiment, target.ui_command())
+        yield run
+
+
+@contextlib.contextmanager
+def using_target(target: TrackingTarget) -> Iterator[None]:
+    """Point the fluent ``mlflow`` API (``mlflow.artifacts``, ``mlflow.log_*``) at ``target``, then restore it."""
+    import mlflow
+
     previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     mlflow.set_tracking_uri(target.tracking_uri)
     mlflow.set_registry_uri(target.registry_uri)
     try:
-        with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                              run_name=None if run_id else run_name, tags=dict(tags or {})) as run:
-            log.info("MLflow run %s (%s) in experiment %r; browse with: %s",
-                     run.info.run_id, run_name, experiment, target.ui_command())
-            yield run
+        yield
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])

@@ -1,0 +1,115 @@
+"""Spark side of batch inference: ship the model to executors and score a DataFrame with ``mapInArrow``.
+
+The model folder travels once per application with ``SparkContext.addArchive`` (executors need no access
+to the MLflow server), each Python worker loads it once (``scoring.cached_predictor``), and Arrow batches
+go straight from the JVM to the model: no pandas, no per-row Python, no pickling of rows.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import shutil
+import tempfile
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from dlspark.inference.model import ModelBundle
+from dlspark.inference.scoring import PREDICTION_DDL, ScoringSpec, score_batches
+
+if TYPE_CHECKING:
+    from pyspark.resource import ResourceProfile
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+INPUT_COLUMNS = {"image": ("pixels", "shape"), "tokens": ("input_ids", "attention_mask")}
+
+
+def scoring_spec(bundle: ModelBundle, **options: object) -> ScoringSpec:
+    """A :class:`ScoringSpec` for a fetched model; ``options`` set the other ScoringSpec fields."""
+    return ScoringSpec(cache_key=bundle.ref.uri, flavor=bundle.flavor, labels=bundle.labels,
+                       preprocessing=dict(bundle.preprocessing), model_dir=bundle.local_dir, **options)  # type: ignore[arg-type]
+
+
+def ship_model(spark: SparkSession, spec: ScoringSpec) -> ScoringSpec:
+    """``spec`` with its model folder shipped to every executor (``addArchive``); unchanged in local mode.
+
+    The archive name carries a hash of the folder's contents, so a new model version is a new archive
+    and a rerun in the same application reuses the shipped one.
+    """
+    master = spark.sparkContext.master
+    if master.startswith("local") or spec.model_dir is None:
+        return spec
+    folder = Path(spec.model_dir)
+    name = f"dlspark-model-{_folder_digest(folder)}"
+    shipped = {Path(p).name for p in spark.sparkContext.listArchives} if hasattr(spark.sparkContext, "listArchives") else set()
+    if f"{name}.zip" not in shipped:
+        staging = Path(tempfile.mkdtemp(prefix="dlspark-ship-"))
+        archive = shutil.make_archive(str(staging / name), "zip", root_dir=folder)
+        spark.sparkContext.addArchive(archive)
+        log.info("shipped model %s to executors as %s", spec.cache_key, Path(archive).name)
+    return replace(spec, archive=f"{name}.zip")
+
+
+def score_dataframe(df: DataFrame, spec: ScoringSpec, *, profile: ResourceProfile | None = None) -> DataFrame:
+    """One output row per input row: ``spec.passthrough`` columns, then prediction columns (see ``PREDICTION_DDL``).
+
+    Only the model's input columns and the passthrough columns reach Python. With ``profile`` (a stage-level
+    ``ResourceProfile``, e.g. one GPU per task), the scoring stage runs with those resources while the rest
+    of the application keeps its defaults; this needs pyspark >= 4.0 (``mapInArrow(profile=...)``), and on
+    older pyspark the session's task resources apply, with a warning.
+    """
+    inputs = input_columns(df.columns, spec)
+    schema = ", ".join([f"`{f.name}` {f.dataType.simpleString()}" for f in df.select(*spec.passthrough).schema.fields]
+                       + [PREDICTION_DDL])
+    wanted = list(dict.fromkeys([*spec.passthrough, *inputs]))
+    kwargs = {}
+    if profile is not None:
+        if "profile" in inspect.signature(df.mapInArrow).parameters:
+            kwargs["profile"] = profile
+        else:
+            log.warning("stage-level resource profiles need pyspark >= 4.0 (mapInArrow(profile=...)); "
+                        "scoring runs with the session's task resources (spark.task_gpus)")
+    return df.select(*wanted).mapInArrow(partial(score_batches, spec=spec), schema, **kwargs)
+
+
+def input_columns(columns: Sequence[str], spec: ScoringSpec) -> list[str]:
+    """The input columns ``spec`` reads that ``columns`` holds (image ``shape`` is optional); errors name the fix."""
+    if spec.kind == "image":
+        pixels = str(spec.preprocessing.get("input_column", "pixels"))
+        required, optional = [pixels], ["shape"]
+    elif spec.text_mode == "text":
+        required, optional = [spec.text_column], []
+    else:
+        required, optional = list(INPUT_COLUMNS["tokens"]), []
+    missing = [c for c in required if c not in columns]
+    if missing:
+        hint = ("set inference.text_mode to text and inference.text_column" if spec.kind == "text"
+                else "score a table written by jobs/ingest_images.py")
+        raise ValueError(f"the {spec.kind} model reads column(s) {missing}, which the input lacks (it has {list(columns)}); {hint}")
+    return required + [c for c in optional if c in columns]
+
+
+def resource_profile(task_cpus: int | None, task_gpus: float) -> ResourceProfile | None:
+    """A stage-level profile asking ``task_cpus`` cores and ``task_gpus`` GPUs per scoring task (None if neither)."""
+    if not task_cpus and not task_gpus:
+        return None
+    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+    requests = TaskResourceRequests()
+    if task_cpus:
+        requests.cpus(int(task_cpus))
+    if task_gpus:
+        requests.resource("gpu", float(task_gpus))
+    return ResourceProfileBuilder().require(requests).build
+
+
+def _folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,230 @@
+"""Batch inference pipeline: an ingested table + a registered model -> a predictions table.
+
+resolve the model (alias pinned to a version) -> download it once, ship it to executors -> snapshot the
+input table (Delta version or file fingerprint) -> skip if this (input, model) pair was already scored ->
+``mapInArrow`` scoring -> append to the output table partitioned by ``scored_date`` -> reconcile counts
+(every input row is in the output exactly once, with a prediction or an error) -> accuracy where labels
+exist, computed from the written rows.
+
+Idempotent per (input version, model version): the pair's ``scoring_key`` is recorded in
+``<output>/_dlspark/scoring/<key>.json`` after a successful write; a rerun finds it and writes nothing.
+Parquet files left by a run that died before recording its key are deleted before scoring again.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from pyspark.sql import functions as F
+
+from dlspark.config import AppConfig
+from dlspark.inference.model import ModelBundle, fetch_model, model_uri_for, resolve_model
+from dlspark.inference.spark_scoring import resource_profile, score_dataframe, scoring_spec, ship_model
+from dlspark.ingest.outcome import CountMismatch
+from dlspark.paths import resolve_path
+from dlspark.runlog import read_json, write_json
+from dlspark.spark.tables import read_table, table_exists, write_table
+from dlspark.tracking import TrackingTarget, resolve_tracking
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PASSTHROUGH = ("record_id", "sha256", "source_path", "split", "label", "label_index")
+
+
+@dataclass(frozen=True)
+class ScoringReport:
+    """What one batch-inference run did; ``skipped`` when the (input, model) pair was already scored."""
+
+    model: str                      # name/version (or URI when unregistered)
+    flavor: str
+    input_table: str
+    input_version: str
+    output: str
+    scoring_key: str
+    skipped: bool
+    rows: int
+    scored: int
+    errors: int
+    accuracy: float | None          # over labelled rows the model has a class for; None without labels
+    labelled: int
+    train_test_accuracy: float | None
+    error_reasons: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        acc = "no labels" if self.accuracy is None else f"accuracy {self.accuracy:.4f} on {self.labelled} labelled rows"
+        train = "" if self.train_test_accuracy is None else f" (training test_accuracy {self.train_test_accuracy:.4f})"
+        verb = "already scored, nothing written" if self.skipped else "scored"
+        return (f"{self.model} [{self.flavor}] on {self.input_table}@{self.input_version}: {verb}; rows {self.rows} = "
+                f"{self.scored} predicted + {self.errors} errors; {acc}{train}; output {self.output}")
+
+
+def score_table(spark: SparkSession, cfg: AppConfig, run_id: str) -> ScoringReport:
+    """Score ``cfg.inference.input`` with ``cfg.inference.model`` (default: the registered model's champion)."""
+    icfg = cfg.inference
+    target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
+    bundle = load_model(target, requested_model(cfg))
+    input_uri = resolve_path(cfg.paths.data_dir, icfg.input or cfg.train.table)
+    snapshot = read_table(spark, input_uri, fmt=icfg.input_format, version=icfg.input_version)
+    input_version = f"v{snapshot.version}" if snapshot.version is not None else f"files-{snapshot.fingerprint[:16]}"
+    output = resolve_path(cfg.paths.data_dir, icfg.output or f"tables/predictions/{bundle.ref.name or 'model'}")
+    key = scoring_key(bundle, input_uri, input_version, icfg.split, icfg.text_mode)
+    marker = f"{output.rstrip('/')}/_dlspark/scoring/{key}.json"
+    done = read_json(marker)
+    if done is not None:
+        log.info("input %s@%s was already scored by %s on %s: nothing to do", input_uri, input_version,
+                 bundle.ref.label, done.get("scored_date"))
+        return _report(done, skipped=True)
+    _remove_partial_run(spark, output, icfg.format, key)
+    rows = snapshot.df if icfg.split is None else snapshot.df.where(F.col("split") == icfg.split)
+    scored = score_rows(spark, rows, cfg, bundle)
+    now = datetime.now(timezone.utc)
+    out = scored.select("*", *_run_columns(bundle, input_uri, input_version, key, now))
+    write_table(out, output, fmt=icfg.format, mode="append", partition_by=["scored_date"], delta_writer=cfg.spark.delta_writer)
+    summary = summarize(spark, output, icfg.format, key, expected_rows=rows.count(), bundle=bundle)
+    summary.update(model=bundle.ref.label, model_uri=bundle.ref.uri, requested=bundle.ref.requested, flavor=bundle.flavor,
+                   input_table=input_uri, input_version=input_version, output=output, scoring_key=key, run_id=run_id,
+                   scored_date=now.date().isoformat(), train_test_accuracy=_train_test_accuracy(target, bundle))
+    write_json(marker, summary)
+    report = _report(summary, skipped=False)
+    log.info("%s", report.describe())
+    return report
+
+
+def requested_model(cfg: AppConfig) -> str:
+    """``inference.model`` as a URI; null = ``models:/<mlflow.registered_model>@<inference.alias>``."""
+    name = cfg.inference.model or cfg.mlflow.registered_model or f"dlspark-{cfg.train.task}"
+    return model_uri_for(name, cfg.inference.alias)
+
+
+def load_model(target: TrackingTarget, uri: str) -> ModelBundle:
+    """Resolve ``uri`` to a pinned version and download it (once per machine: registered versions never change)."""
+    ref = resolve_model(target, uri)
+    digest = hashlib.sha256(f"{target.registry_uri}|{ref.uri}".encode()).hexdigest()[:16]
+    return fetch_model(target, ref, Path(tempfile.gettempdir()) / "dlspark-models" / digest)
+
+
+def score_rows(spark: SparkSession, df: DataFrame, cfg: AppConfig, bundle: ModelBundle) -> DataFrame:
+    """``df`` scored by ``bundle`` with the ``inference`` settings (passthrough, batch size, device ...)."""
+    icfg = cfg.inference
+    passthrough = tuple(icfg.passthrough) if icfg.passthrough is not None else \
+        tuple(c for c in DEFAULT_PASSTHROUGH if c in df.columns)
+    missing = [c for c in passthrough if c not in df.columns]
+    if missing:
+        raise ValueError(f"inference.passthrough names column(s) {missing} that the input lacks; it has {df.columns}")
+    fallback = _ingest_text_config(cfg) if icfg.text_mode == "text" else None
+    spec = scoring_spec(bundle, passthrough=passthrough, batch_size=icfg.batch_size, top_k=icfg.top_k, device=icfg.device,
+                        amp=icfg.amp, text_mode=icfg.text_mode, text_column=icfg.text_column, text_fallback=fallback)
+    return score_dataframe(df, ship_model(spark, spec), profile=resource_profile(icfg.task_cpus, icfg.task_gpus))
+
+
+def scoring_key(bundle: ModelBundle, input_uri: str, input_version: str, split: str | None, text_mode: str) -> str:
+    """Stable id of one (model version, input table version, split) pair."""
+    raw = "|".join([bundle.ref.uri, input_uri.rstrip("/"), input_version, split or "all", text_mode])
+    return hashlib.sha256(raw.encode()).hexdigest()[:20]
+
+
+def summarize(spark: SparkSession, output: str, fmt: str, key: str, *, expected_rows: int, bundle: ModelBundle) -> dict[str, Any]:
+    """Counts, error reasons and accuracy of the rows written under ``key``; raises if the counts do not reconcile."""
+    written = read_table(spark, output, fmt=fmt).df.where(F.col("scoring_key") == key)
+    counts = written.agg(F.count(F.lit(1)).alias("rows"), F.count("prediction").alias("scored")).first()
+    rows, scored = int(counts["rows"]), int(counts["scored"])
+    if rows != expected_rows:
+        raise CountMismatch(f"{output}: {rows} rows written for scoring_key {key} but the input has {expected_rows}; "
+                            "rerun the job (the partial output is removed first)")
+    reasons = {r["reason"]: int(r["count"]) for r in written.where(F.col("error").isNotNull())
+               .groupBy(F.substring_index("error", ":", 1).alias("reason")).count().collect()}
+    accuracy, labelled = label_accuracy(written, bundle)
+    return {"rows": rows, "scored": scored, "errors": rows - scored, "error_reasons": reasons,
+            "accuracy": accuracy, "labelled": labelled}
+
+
+def label_accuracy(predictions: DataFrame, bundle: ModelBundle) -> tuple[float | None, int]:
+    """(accuracy, labelled rows) over rows whose ``label`` maps to one of the model's classes.
+
+    A label maps through the training label map when there is one (e.g. sentiment without ``neutral``),
+    else it is a class name itself. Rows with an error count as wrong.
+    """
+    if "label" not in predictions.columns:
+        return None, 0
+    expected = expected_labels(bundle)
+    mapping = F.create_map(*[F.lit(x) for pair in expected.items() for x in pair])
+    labelled = predictions.select(mapping[F.col("label")].alias("expected"), "prediction").where(F.col("expected").isNotNull())
+    row = labelled.agg(F.count(F.lit(1)).alias("n"),
+                       F.sum(F.when(F.col("prediction") == F.col("expected"), 1).otherwise(0)).alias("right")).first()
+    n = int(row["n"])
+    return (int(row["right"]) / n if n else None), n
+
+
+def expected_labels(bundle: ModelBundle) -> dict[str, str]:
+    """Table label -> the class name the model should predict for it."""
+    label_map: Mapping[str, int] | None = bundle.preprocessing.get("label_map")
+    if label_map:
+        return {label: bundle.labels[int(target)] for label, target in label_map.items()}
+    return {label: label for label in bundle.labels}
+
+
+def _run_columns(bundle: ModelBundle, input_uri: str, input_version: str, key: str, now: datetime) -> list:
+    return [F.lit(bundle.ref.name or "").alias("model_name"), F.lit(bundle.ref.version or "").alias("model_version"),
+            F.lit(bundle.ref.uri).alias("model_uri"), F.lit(input_uri).alias("input_table"),
+            F.lit(input_version).alias("input_version"), F.lit(key).alias("scoring_key"),
+            F.lit(now.replace(tzinfo=None)).cast("timestamp").alias("scored_at"),
+            F.lit(now.date().isoformat()).cast("date").alias("scored_date")]
+
+
+def _remove_partial_run(spark: SparkSession, output: str, fmt: str, key: str) -> None:
+    """Delete rows of ``key`` left by a run that died after writing but before recording its marker."""
+    if not table_exists(spark, output, fmt=fmt):
+        return
+    df = read_table(spark, output, fmt=fmt).df
+    if "scoring_key" not in df.columns:
+        raise ValueError(f"{output} exists but is not a predictions table (no scoring_key column); "
+                         "set inference.output to a new path")
+    leftovers = df.where(F.col("scoring_key") == key)
+    if leftovers.limit(1).count() == 0:
+        return
+    if fmt == "delta":
+        from deltalake import DeltaTable
+
+        from dlspark.delta_log import delta_rs_uri
+
+        DeltaTable(delta_rs_uri(output)).delete(f"scoring_key = '{key}'")
+    else:
+        import fsspec
+
+        files = [r[0] for r in leftovers.select(F.input_file_name()).distinct().collect()]
+        fs, _ = fsspec.core.url_to_fs(output)
+        for uri in files:
+            fs.rm(fsspec.core.url_to_fs(uri)[1])
+        spark.catalog.clearCache()
+    log.warning("removed the rows of an unfinished scoring run (scoring_key %s) from %s", key, output)
+
+
+def _ingest_text_config(cfg: AppConfig) -> dict[str, Any]:
+    """The ``ingest_text`` settings raw text is normalised and tokenized with (when the model does not record them)."""
+    t = cfg.ingest_text
+    return {"tokenizer": t.tokenizer, "max_length": t.max_length, "lowercase": t.lowercase, "mask_urls": t.mask_urls,
+            "mask_mentions": t.mask_mentions, "url_token": t.url_token, "mention_token": t.mention_token}
+
+
+def _train_test_accuracy(target: TrackingTarget, bundle: ModelBundle) -> float | None:
+    if not bundle.ref.run_id:
+        return None
+    value = target.client().get_run(bundle.ref.run_id).data.metrics.get("test_accuracy")
+    return float(value) if value is not None else None
+
+
+def _report(summary: Mapping[str, Any], *, skipped: bool) -> ScoringReport:
+    return ScoringReport(model=summary["model"], flavor=summary["flavor"], input_table=summary["input_table"],
+                         input_version=summary["input_version"], output=summary["output"],
+                         scoring_key=summary["scoring_key"], skipped=skipped, rows=summary["rows"],
+                         scored=summary["scored"], errors=summary["errors"], accuracy=summary["accuracy"],
+                         labelled=summary["labelled"], train_test_accuracy=summary.get("train_test_accuracy"),
+                         error_reasons=dict(summary.get("error_reasons") or {}))
