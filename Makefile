@@ -7,7 +7,7 @@ STANDALONE := $(PY) -m dlspark.spark.standalone
 
 help:
 	@echo "make setup         create .venv with dlspark and its extras (./setup.sh)"
-	@echo "make demo          prepare demo data, ingest images and text, train + register both models (./spark-submit.sh)"
+	@echo "make demo          prepare data, ingest images + text, train + register both models, score both test splits"
 	@echo "make test          all tests except gpu (starts a local standalone cluster for 'cluster' tests)"
 	@echo "make test-fast     tests not marked slow, cluster or gpu"
 	@echo "make lint          ruff check lib jobs pipelines tests bench"
@@ -24,6 +24,8 @@ demo: setup
 	./spark-submit.sh jobs/ingest_text.py
 	./spark-submit.sh jobs/train.py --pipeline image_classification
 	./spark-submit.sh jobs/train.py --pipeline sentiment
+	./spark-submit.sh jobs/batch_inference.py --pipeline image_classification --set inference.split=test --max-accuracy-gap 0.002
+	./spark-submit.sh jobs/batch_inference.py --pipeline sentiment --set inference.split=test --max-accuracy-gap 0.002
 
 test:
 	$(PYTEST) -m "not gpu"

@@ -170,7 +170,7 @@ def _log_result(result: TrainResult) -> None:
 
 def _log_model(cfg: AppConfig, result: TrainResult, labels: tuple[str, ...], test: FeedSpec) -> str:
     """Log the best model (pytorch flavor, or Keras SavedModel) with labels and preprocessing spec; returns its URI."""
-    extras = {"labels.json": {"labels": list(labels)}, "preprocessing.json": preprocessing_spec(test),
+    extras = {"labels.json": {"labels": list(labels)}, "preprocessing.json": _preprocessing(cfg, test),
               "model_spec.json": result.model_spec, "train_config.json": to_dict(cfg)["train"]}
     if cfg.train.framework == "tensorflow":  # Keras takes NHWC
         from dlspark.tracking import log_keras_model
@@ -184,6 +184,16 @@ def _log_model(cfg: AppConfig, result: TrainResult, labels: tuple[str, ...], tes
 
     model = servable(load_trained_model(result.model_path, result.model_spec), test.kind)
     return log_torch_model(model, example_input(batch, test.kind), extras).model_uri
+
+
+def _preprocessing(cfg: AppConfig, test: FeedSpec) -> dict[str, Any]:
+    """The feeder's preprocessing spec; text models also record how raw text becomes ids (for streams and APIs)."""
+    spec = preprocessing_spec(test)
+    if test.kind == "text":
+        t = cfg.ingest_text
+        spec["text"] = {"tokenizer": t.tokenizer, "normalize": {"lowercase": t.lowercase, "mask_urls": t.mask_urls,
+                        "mask_mentions": t.mask_mentions, "url_token": t.url_token, "mention_token": t.mention_token}}
+    return spec
 
 
 def _first_batch(spec: FeedSpec) -> dict[str, np.ndarray]:

@@ -109,3 +109,14 @@ def test_sentiment_label_mapping_handles_neutral():
     assert sentiment_labels(as_neg, stored)[1] == {"negative": 0, "positive": 1, "neutral": 0}
     with pytest.raises(TrainInputError, match="positive_label"):
         sentiment_labels(drop, {"neg": 0, "pos": 1})
+
+
+def test_text_models_record_how_raw_text_becomes_ids():
+    from dlspark.feed import FeedSpec
+    from pipelines.train import _preprocessing
+
+    cfg = load_config(pipeline="sentiment", overrides=["ingest_text.lowercase=true", "ingest_text.max_length=32"])
+    spec = _preprocessing(cfg, FeedSpec(kind="text", files=("f.parquet",), max_length=32, label_map={"negative": 0, "positive": 1}))
+    assert spec["max_length"] == 32 and spec["text"]["tokenizer"] == "minilm"
+    assert spec["text"]["normalize"] == {"lowercase": True, "mask_urls": True, "mask_mentions": True, "url_token": "http",
+                                         "mention_token": "@user"}
