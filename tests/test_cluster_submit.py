@@ -217,3 +217,25 @@ def test_ingest_images_job_on_standalone_cluster(standalone_2_workers, tmp_path)
     assert "7 seen = 6 written + 0 duplicates + 1 quarantined" in proc.stdout, output_tail(proc)
     table = pq.read_table(tmp_path / "tables/images")
     assert table.num_rows == 6 and set(table.column("label").to_pylist()) == {"cat", "dog"}
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_batch_inference_job_ships_the_model_to_cluster_executors(standalone_2_workers, tmp_path):
+    """Executors score from the archive the driver shipped (the spec they get has no local model folder)."""
+    import pyarrow.parquet as pq
+
+    from tests.inference_models import register_image_model
+    from tests.test_batch_inference import N_IMAGES, write_image_table
+
+    register_image_model(tmp_path)
+    write_image_table(tmp_path / "tables" / "images")
+    proc = submit(
+        "jobs/batch_inference.py", "--pipeline", "image_classification",
+        "--set", f"paths.data_dir={tmp_path}", "--set", "mlflow.registered_model=test-images",
+        "--set", "inference.input=tables/images", master_url=standalone_2_workers.master_url,
+    )
+    assert proc.returncode == 0, output_tail(proc)
+    assert "shipped model models:/test-images/1 to executors" in proc.stderr + proc.stdout, output_tail(proc)
+    assert f"rows {N_IMAGES} = {N_IMAGES - 2} predicted + 2 errors" in proc.stdout, output_tail(proc)
+    assert pq.read_table(tmp_path / "tables/predictions/test-images").num_rows == N_IMAGES

@@ -51,7 +51,7 @@ def ship_model(spark: SparkSession, spec: ScoringSpec) -> ScoringSpec:
         archive = shutil.make_archive(str(staging / name), "zip", root_dir=folder)
         spark.sparkContext.addArchive(archive)
         log.info("shipped model %s to executors as %s", spec.cache_key, Path(archive).name)
-    return replace(spec, archive=f"{name}.zip")
+    return replace(spec, archive=f"{name}.zip", model_dir=None)  # executors read the shipped copy only
 
 
 def score_dataframe(df: DataFrame, spec: ScoringSpec, *, profile: ResourceProfile | None = None) -> DataFrame:
