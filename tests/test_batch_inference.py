@@ -161,3 +161,20 @@ def test_text_model_scores_tokens_and_raw_text_the_same(spark, tmp_path):
         assert np.allclose(a[key]["probabilities"], b[key]["probabilities"], atol=1e-5)
     meta = json.loads(next((tmp_path / "tables/predictions/raw/_dlspark/scoring").glob("*.json")).read_text())
     assert meta["rows"] == 5 and meta["model"] == "test-sentiment/1"
+
+
+def test_delta_output_is_idempotent_and_a_committed_run_without_marker_is_not_duplicated(spark, image_store):
+    data, _ = image_store
+    cfg = _cfg(data, "inference.split=test", "inference.format=delta", "inference.output=tables/predictions/delta")
+    first = score_table(spark, cfg, "r1")
+    assert (first.rows, first.errors) == (10, 0)
+    out = data / "tables" / "predictions" / "delta"
+    assert (out / "_delta_log" / "00000000000000000000.json").is_file()
+    (out / "_dlspark" / "scoring" / f"{first.scoring_key}.json").unlink()
+    second = score_table(spark, cfg, "r2")
+    assert not second.skipped and second.rows == 10
+    assert score_table(spark, cfg, "r3").skipped
+    from dlspark.spark.tables import read_table
+
+    snapshot = read_table(spark, str(out), fmt="delta")
+    assert snapshot.df.count() == 10 and snapshot.version == 2    # write, delete the leftovers, write again
