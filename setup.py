@@ -1,7 +1,7 @@
 """Packaging for dlspark: Spark-native ingest, training and inference for deep learning.
 
 Install for development with ``./setup.sh`` (what ``make setup`` runs), which applies
-``constraints.txt``. Extras: torch, tf, horovod, petastorm, delta, mlflow, dev.
+``constraints.txt``. Extras: torch, tf, horovod, petastorm, delta, mlflow, onnx, dev.
 """
 from setuptools import find_packages, setup
 
@@ -15,6 +15,8 @@ EXTRAS = {
     "petastorm": ["dill>=0.2.1", "diskcache>=3.0.0", "future>=0.10.2", "psutil>=4.0.0", "pyzmq>=14.0.0", "six>=1.5.0", "packaging>=15.0"],
     "delta": ["deltalake>=1.0"],
     "mlflow": ["mlflow>=3.0"],
+    # ONNX export of image models (torch's TorchScript exporter, so no onnxscript) and onnxruntime inference.
+    "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
     "dev": ["pytest>=8", "pytest-timeout", "ruff", "mypy", "types-PyYAML", "jupytext", "nbclient", "ipykernel"],
 }
 

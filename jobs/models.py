@@ -3,6 +3,7 @@
     .venv/bin/python jobs/models.py [--pipeline image_classification|sentiment] list
     .venv/bin/python jobs/models.py --pipeline sentiment promote 3
     .venv/bin/python jobs/models.py rollback [--to 2] [--set mlflow.tracking_uri=http://mlflow:5000]
+    .venv/bin/python jobs/models.py export-onnx [--source models:/dlspark-fashion-mnist/2] [--as dlspark-fashion-mnist-onnx]
 
 The registered model is mlflow.registered_model of the pipeline's config (--name overrides it); the store is
 mlflow.tracking_uri (null = the embedded sqlite store under paths.data_dir/mlflow). Needs no Spark.
@@ -26,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("list", help="versions with aliases and promotion metric")
     commands.add_parser("promote", help="make VERSION the champion").add_argument("version")
     commands.add_parser("rollback", help="champion back to the previous one").add_argument("--to", default=None)
+    export = commands.add_parser("export-onnx", help="export an image model to ONNX (parity-checked), register it")
+    export.add_argument("--source", default=None, help="model URI (default models:/<name>@champion)")
+    export.add_argument("--as", dest="export_name", default=None, help="registered name of the export (default <name>-onnx)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args, pipeline=args.pipeline)
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
@@ -35,8 +39,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_versions(name, list_versions(target, name)))
         elif args.command == "promote":
             print(f"{name}: champion -> version {promote(target, name, args.version)}")
-        else:
+        elif args.command == "rollback":
             print(f"{name}: champion -> version {rollback(target, name, args.to)}")
+        else:
+            from dlspark.models.onnx_export import export_registered_onnx
+
+            result = export_registered_onnx(target, args.source or f"models:/{name}@champion", args.export_name or f"{name}-onnx",
+                                            experiment=cfg.mlflow.experiment)
+            role = "champion" if result.promoted else "candidate"
+            print(f"exported {args.source or name + '@champion'} to ONNX: {result.model_uri} ({role}); parity {result.parity}")
     except TrackingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

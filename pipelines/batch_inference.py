@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SOURCE_MODEL_TAG = "dlspark.source_model"   # set on exported versions (ONNX) to the version they came from
 DEFAULT_PASSTHROUGH = ("record_id", "sha256", "source_path", "split", "label", "label_index")
 
 
@@ -215,9 +216,14 @@ def _ingest_text_config(cfg: AppConfig) -> dict[str, Any]:
 
 
 def _train_test_accuracy(target: TrackingTarget, bundle: ModelBundle) -> float | None:
-    if not bundle.ref.run_id:
-        return None
-    value = target.client().get_run(bundle.ref.run_id).data.metrics.get("test_accuracy")
+    """``test_accuracy`` of the run that trained the model (for an export: of the version it was exported from)."""
+    client = target.client()
+    run_id = bundle.ref.run_id
+    if bundle.ref.name and bundle.ref.version:
+        source = (client.get_model_version(bundle.ref.name, bundle.ref.version).tags or {}).get(SOURCE_MODEL_TAG)
+        if source:
+            run_id = resolve_model(target, source).run_id
+    value = client.get_run(run_id).data.metrics.get("test_accuracy") if run_id else None
     return float(value) if value is not None else None
 
 

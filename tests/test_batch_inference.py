@@ -178,3 +178,45 @@ def test_delta_output_is_idempotent_and_a_committed_run_without_marker_is_not_du
 
     snapshot = read_table(spark, str(out), fmt="delta")
     assert snapshot.df.count() == 10 and snapshot.version == 2    # write, delete the leftovers, write again
+
+
+def test_onnx_export_of_the_champion_scores_like_the_torch_model(spark, image_store):
+    from dlspark.config import MlflowConfig
+    from dlspark.models.onnx_export import export_registered_onnx
+    from dlspark.tracking import resolve_tracking
+
+    data, _ = image_store
+    target = resolve_tracking(MlflowConfig(), str(data))
+    export = export_registered_onnx(target, "models:/test-images@champion", "test-images-onnx")
+    assert export_registered_onnx(target, "models:/test-images@champion", "test-images-onnx").version == export.version
+    report = score_table(spark, _cfg(data, "inference.model=test-images-onnx", "inference.output=tables/predictions/onnx"), "r")
+    assert (report.flavor, report.rows, report.errors) == ("onnx", N_IMAGES, 2)
+    assert report.train_test_accuracy == pytest.approx(0.5)          # from the torch version it was exported from
+    out = {r["sha256"]: r["prediction"] for r in _written(spark, data, "onnx").collect()}
+    predicted = _model_predictions()
+    assert all(out[f"h{i:03d}"] == (None if i in BAD else predicted[i]) for i in range(N_IMAGES))
+
+
+def test_keras_saved_model_is_scored_from_its_registered_flavor(spark, image_store):
+    pytest.importorskip("tensorflow")
+    from dlspark.config import MlflowConfig
+    from dlspark.feed.decode import normalize_images
+    from dlspark.models.keras_image import build_keras_model
+    from dlspark.tracking import log_keras_model, register_and_promote, resolve_tracking, start_run
+    from tests.inference_models import image_preprocessing
+
+    data, _ = image_store
+    model = build_keras_model({"name": "keras_cnn", "image_shape": list(IMAGE_SHAPE), "num_classes": 3, "widths": [4],
+                               "hidden": 8})
+    target = resolve_tracking(MlflowConfig(), str(data))
+    pre = {**image_preprocessing(), "layout": "NHWC"}
+    pixels = np.stack([_pixels(i) for i in range(N_IMAGES)])
+    x = normalize_images(pixels, pre["mean"], pre["std"], channels_last=True)
+    with start_run(target, "tests", "keras") as run:
+        log_keras_model(model, x[:2], {"labels.json": {"labels": list(IMAGE_LABELS)}, "preprocessing.json": pre})
+    register_and_promote(target, "test-keras", run.info.run_id, "model", "val_accuracy", 0.5)
+    report = score_table(spark, _cfg(data, "inference.model=test-keras", "inference.output=tables/predictions/keras"), "r")
+    assert (report.flavor, report.rows, report.errors) == ("keras", N_IMAGES, 2)
+    want = softmax(np.asarray(model(x, training=False))).argmax(axis=1)
+    out = {r["sha256"]: r["prediction_index"] for r in _written(spark, data, "keras").collect()}
+    assert all(out[f"h{i:03d}"] == (None if i in BAD else int(want[i])) for i in range(N_IMAGES))

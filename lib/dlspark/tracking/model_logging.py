@@ -60,7 +60,7 @@ def log_torch_model(
     requirements = pip_requirements or _pinned("torch", "numpy", "mlflow")
     info = mlflow.pytorch.log_model(model, name=name, signature=signature, input_example=example,
                                     pip_requirements=requirements)
-    _log_extras(info.model_id, artifacts or {})
+    log_extras(info.model_id, artifacts or {})
     return info
 
 
@@ -85,7 +85,7 @@ def log_keras_model(
     # so the example goes under extras/ instead of into the MLmodel file; the signature is still inferred from it.
     info = mlflow.keras.log_model(model, name=name, save_exported_model=True, signature=signature,
                                   pip_requirements=requirements)
-    _log_extras(info.model_id, {**(artifacts or {}), "input_example.json": example.tolist()})
+    log_extras(info.model_id, {**(artifacts or {}), "input_example.json": example.tolist()})
     return info
 
 
@@ -114,7 +114,8 @@ def stage_extras(artifacts: Mapping[str, ExtraArtifact], folder: Path) -> list[P
     return written
 
 
-def _log_extras(model_id: str, artifacts: Mapping[str, ExtraArtifact]) -> None:
+def log_extras(model_id: str, artifacts: Mapping[str, ExtraArtifact]) -> None:
+    """Store ``artifacts`` (as :func:`stage_extras` takes them) under ``extras/`` of logged model ``model_id``."""
     if not artifacts:
         return
     import mlflow

@@ -1,0 +1,106 @@
+"""Batch inference with an ONNX image model (MLflow ``onnx`` flavor) on onnxruntime.
+
+The model is what :func:`dlspark.models.onnx_export.log_onnx_model` logs: float32 ``[B, C, H, W]`` in,
+logits ``[B, classes]`` out. CPU by default; the CUDA provider when onnxruntime has one.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from dlspark.feed.decode import normalize_images
+from dlspark.inference.predictors import softmax
+
+log = logging.getLogger(__name__)
+
+FLAVOR = "onnx"
+
+
+class OnnxPredictor:
+    """Predictor (see ``dlspark.inference.predictors``) over a downloaded MLflow onnx model.
+
+    Parameters
+    ----------
+    model_dir
+        The downloaded model folder, the one holding ``MLmodel``.
+    threads
+        onnxruntime's intra-op threads (e.g. the task's CPUs); None lets onnxruntime pick.
+    """
+
+    def __init__(self, model_dir: str, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.onnx_path = onnx_file(model_dir)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=providers)
+        self.input = self.session.get_inputs()[0]
+        if len(self.input.shape) != 4:
+            raise ValueError(f"{self.onnx_path} takes input {self.input.name!r} of shape {self.input.shape}, not "
+                             "[B, C, H, W] images; ONNX export covers image models")
+        log.info("ONNX model %s on %s", self.onnx_path, self.session.get_providers())
+
+    def predict_images(self, pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+        """uint8 ``[n, H, W, C]`` -> float32 class probabilities ``[n, classes]``."""
+        _, c, h, w = self.input.shape  # ints, or names for dynamic axes
+        check_pixels(pixels, mean, std, (h, w, c))
+        x = normalize_images(pixels, tuple(mean), tuple(std), channels_last=False)  # (n, C, H, W)
+        logits = self.session.run(None, {self.input.name: x})[0]
+        return softmax(logits)
+
+    def predict_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        raise ValueError("ONNX export covers image models only; score text with the pytorch flavor "
+                         "(the registered torch model) instead")
+
+
+def onnx_file(model_dir: str | Path) -> Path:
+    """The ``.onnx`` file of an MLflow onnx model folder (the onnx flavor's ``data`` entry in ``MLmodel``).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the folder has no MLmodel, or the file the onnx flavor names is missing.
+    ValueError
+        When the model has no onnx flavor.
+    """
+    flavors = mlmodel_flavors(model_dir)
+    if FLAVOR not in flavors:
+        raise ValueError(f"{model_dir}/MLmodel has no onnx flavor (it has {sorted(flavors)}); "
+                         "load it with the predictor for its flavor (dlspark.inference.predictors.load_predictor)")
+    data = flavors[FLAVOR].get("data")
+    path = Path(model_dir) / str(data)
+    if not data or not path.is_file():
+        raise FileNotFoundError(f"{model_dir}: the onnx flavor names model file {data!r}, which does not exist; "
+                                "download the whole model folder (mlflow.artifacts.download_artifacts(model_uri))")
+    return path
+
+
+# TODO(lead): perhaps move next to dlspark.inference.model.model_flavor; keras_predictor imports it from here.
+def mlmodel_flavors(model_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """The ``flavors`` section of ``<model_dir>/MLmodel``: ``{flavor name: its settings}``."""
+    import yaml
+
+    mlmodel = Path(model_dir) / "MLmodel"
+    if not mlmodel.is_file():
+        raise FileNotFoundError(f"{model_dir} has no MLmodel file; pass the downloaded MLflow model folder")
+    flavors = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("flavors") or {}
+    return {name: conf or {} for name, conf in flavors.items()}
+
+
+def check_pixels(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                 model_hwc: Sequence[Any]) -> None:
+    """ValueError unless ``pixels`` is uint8 ``[n, H, W, C]`` fitting the model's ``(H, W, C)`` (non-ints: any)."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 4:
+        raise ValueError(f"pixels must be uint8 [n, H, W, C], got {pixels.dtype} {pixels.shape}")
+    if not len(mean) == len(std) == pixels.shape[3]:
+        raise ValueError(f"mean {list(mean)} and std {list(std)} need one value per channel ({pixels.shape[3]}); "
+                         "take them from the model's extras/preprocessing.json")
+    if any(isinstance(want, int) and want != got for want, got in zip(model_hwc, pixels.shape[1:])):
+        raise ValueError(f"the model takes (H, W, C) {tuple(model_hwc)} images, got {pixels.shape[1:]}; resize to "
+                         "the training size (extras/preprocessing.json) before scoring")
