@@ -26,6 +26,9 @@ demo: setup
 	./spark-submit.sh jobs/train.py --pipeline sentiment
 	./spark-submit.sh jobs/batch_inference.py --pipeline image_classification --set inference.split=test --max-accuracy-gap 0.002
 	./spark-submit.sh jobs/batch_inference.py --pipeline sentiment --set inference.split=test --max-accuracy-gap 0.002
+	$(PY) jobs/models.py export-onnx
+	./spark-submit.sh jobs/batch_inference.py --pipeline image_classification --set inference.split=test \
+		--set inference.model=dlspark-fashion-mnist-onnx --max-accuracy-gap 0.002
 
 test:
 	$(PYTEST) -m "not gpu"
