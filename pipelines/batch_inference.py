@@ -120,7 +120,7 @@ def score_rows(spark: SparkSession, df: DataFrame, cfg: AppConfig, bundle: Model
     missing = [c for c in passthrough if c not in df.columns]
     if missing:
         raise ValueError(f"inference.passthrough names column(s) {missing} that the input lacks; it has {df.columns}")
-    fallback = _ingest_text_config(cfg) if icfg.text_mode == "text" else None
+    fallback = ingest_text_settings(cfg) if icfg.text_mode == "text" else None
     spec = scoring_spec(bundle, passthrough=passthrough, batch_size=icfg.batch_size, top_k=icfg.top_k, device=icfg.device,
                         amp=icfg.amp, text_mode=icfg.text_mode, text_column=icfg.text_column, text_fallback=fallback)
     return score_dataframe(df, ship_model(spark, spec), profile=resource_profile(icfg.task_cpus, icfg.task_gpus))
@@ -208,7 +208,7 @@ def _remove_partial_run(spark: SparkSession, output: str, fmt: str, key: str) ->
     log.warning("removed the rows of an unfinished scoring run (scoring_key %s) from %s", key, output)
 
 
-def _ingest_text_config(cfg: AppConfig) -> dict[str, Any]:
+def ingest_text_settings(cfg: AppConfig) -> dict[str, Any]:
     """The ``ingest_text`` settings raw text is normalised and tokenized with (when the model does not record them)."""
     t = cfg.ingest_text
     return {"tokenizer": t.tokenizer, "max_length": t.max_length, "lowercase": t.lowercase, "mask_urls": t.mask_urls,

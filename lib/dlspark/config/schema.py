@@ -316,12 +316,15 @@ class StreamConfig:
     checkpoint: str = "checkpoints/stream"
     trigger_seconds: float = 5.0
     max_files_per_trigger: int = 100
+    score_partitions: int | None = None   # spread each micro-batch over this many scoring tasks; null = as read
     window: str = "1 minute"
     watermark: str = "2 minutes"
 
     def __post_init__(self) -> None:
         _require(self.trigger_seconds >= 0, "stream.trigger_seconds: must be >= 0")
         _require(self.max_files_per_trigger >= 1, "stream.max_files_per_trigger: must be >= 1")
+        _require(self.score_partitions is None or self.score_partitions >= 1,
+                 f"stream.score_partitions: must be >= 1 or null, got {self.score_partitions}")
         _require(self.source != "kafka" or bool(self.kafka_bootstrap_servers and self.kafka_topic),
                  "stream.source is kafka: set stream.kafka_bootstrap_servers and stream.kafka_topic")
 
