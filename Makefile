@@ -7,7 +7,8 @@ STANDALONE := $(PY) -m dlspark.spark.standalone
 
 help:
 	@echo "make setup         create .venv with dlspark and its extras (./setup.sh)"
-	@echo "make demo          prepare data, ingest images + text, train + register both models, score both test splits"
+	@echo "make demo          prepare data, ingest images + text, train + register both models, score both test splits,"
+	@echo "                   score 2000 replayed tweets as a stream"
 	@echo "make test          all tests except gpu (starts a local standalone cluster for 'cluster' tests)"
 	@echo "make test-fast     tests not marked slow, cluster or gpu"
 	@echo "make lint          ruff check lib jobs pipelines tests bench"
@@ -29,6 +30,9 @@ demo: setup
 	$(PY) jobs/models.py export-onnx
 	./spark-submit.sh jobs/batch_inference.py --pipeline image_classification --set inference.split=test \
 		--set inference.model=dlspark-fashion-mnist-onnx --max-accuracy-gap 0.002
+	test -e data/landing/stream/demo-000000.jsonl || \
+		$(PY) jobs/replay_tweets.py --limit 2000 --rate 100 --no-pace --malformed 0.01 --prefix demo
+	./spark-submit.sh jobs/stream_sentiment.py --pipeline sentiment --available-now
 
 test:
 	$(PYTEST) -m "not gpu"

@@ -39,7 +39,13 @@ from dlspark.inference.streaming import (
 )
 from dlspark.paths import resolve_path
 from dlspark.tracking import resolve_tracking
-from pipelines.batch_inference import expected_labels, ingest_text_settings, load_model, requested_model
+from pipelines.batch_inference import (
+    expected_labels,
+    ingest_text_settings,
+    label_accuracy,
+    load_model,
+    requested_model,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -91,6 +97,8 @@ class StreamReport:
     quarantined: int                        # rows in the quarantine sink
     windows: int                            # closed windows in the aggregates sink
     lines: int | None                       # input lines in stream.input (files source); None for Kafka
+    accuracy: float | None = None           # over predicted messages whose label maps to a model class
+    labelled: int = 0
     last_progress: dict[str, dict[str, Any]] = field(default_factory=dict)
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)   # per query, per batch
 
@@ -104,7 +112,8 @@ class StreamReport:
         check = {True: "reconciled", False: "NOT reconciled", None: "input not countable"}[self.reconciled]
         return (f"{self.model}: this run {self.batches} batches, {self.input_rows} input rows; sinks hold "
                 f"{self.predicted} predicted + {self.quarantined} quarantined of {lines} lines ({check}), "
-                f"{self.windows} closed windows")
+                f"{self.windows} closed windows"
+                + ("" if self.accuracy is None else f"; accuracy {self.accuracy:.4f} on {self.labelled} labelled messages"))
 
 
 def stream_sentiment(spark: SparkSession, cfg: AppConfig, run_id: str, mode: RunMode = RunMode()) -> StreamReport:
@@ -274,8 +283,10 @@ def _figures(progress: dict) -> dict[str, Any]:
 def build_report(spark: SparkSession, cfg: AppConfig, paths: StreamPaths, bundle: ModelBundle,
                  tracker: ProgressTracker) -> StreamReport:
     lines = _count(spark, paths.input, "text") if cfg.stream.source == "files" else None
+    predicted = _count(spark, paths.output)
+    accuracy, labelled = label_accuracy(spark.read.parquet(paths.output), bundle) if predicted else (None, 0)
     report = StreamReport(model=bundle.ref.label, batches=tracker.batches(), input_rows=tracker.input_rows(),
-                          predicted=_count(spark, paths.output), quarantined=_count(spark, paths.quarantine),
+                          predicted=predicted, accuracy=accuracy, labelled=labelled, quarantined=_count(spark, paths.quarantine),
                           windows=_count(spark, paths.aggregates), lines=lines, last_progress=tracker.last(),
                           history=tracker.history())
     if report.reconciled is False:

@@ -70,13 +70,18 @@ def synthetic_messages(n: int, *, start: datetime, spacing_s: float = 1.0, id_pr
 
 
 def tweet_messages(csv_path: Path, *, start: datetime, spacing_s: float, limit: int | None = None,
-                   id_prefix: str = "t") -> Iterator[dict]:
-    """The labelled tweets CSV (``sentiment,confidence,text``) as messages, ``spacing_s`` apart in event time."""
+                   id_prefix: str = "t", shuffle_seed: int | None = 0) -> Iterator[dict]:
+    """The labelled tweets CSV (``sentiment,confidence,text``) as messages, ``spacing_s`` apart in event time.
+
+    The CSV is sorted by label, so rows are shuffled with ``shuffle_seed`` (None keeps file order); ids number
+    the messages in replay order.
+    """
     with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
-        for i, row in enumerate(csv.DictReader(f)):
-            if limit is not None and i >= limit:
-                return
-            yield message(f"{id_prefix}{i:07d}", row["text"], start + timedelta(seconds=i * spacing_s), row["sentiment"])
+        rows = list(csv.DictReader(f))
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(rows)
+    for i, row in enumerate(rows[:limit] if limit is not None else rows):
+        yield message(f"{id_prefix}{i:07d}", row["text"], start + timedelta(seconds=i * spacing_s), row["sentiment"])
 
 
 def message(id_: str, text: str, created_at: datetime, label: str | None = None) -> dict:
