@@ -99,6 +99,77 @@ launch, validation and the test evaluation; accuracy on the whole test split.
 """
 
 
+def _stream_section(r: dict) -> str:
+    verdict = "keeps up" if r["keeps_up"] else "falls behind"
+    lat, lag, m = r["batch_ms"], r["lag_s"], r["machine"]
+    return f"""
+## Streaming sentiment: sustained rate and micro-batch latency
+
+Command: `.venv/bin/python {r['command']}` ({r['measured_at']}). The replay generator writes tweets at
+{r['input_rate']:g} msg/s (one JSON-lines file per {r['tick_s']:g} s) for {r['seconds']:g} s while
+`pipelines/stream_sentiment.py` scores them with {r['model']} on local[{m['spark_cores']}], trigger {r['trigger_s']:g} s.
+Figures from the predictions query's progress, the first batch (a warm-up file; the model loads: {r['first_batch_ms']} ms) left out.
+
+| input rate | sustained rate | busy rate | batch p50 | batch p95 | rows/batch | arrival-to-batch lag p50 / p95 |
+| --- | --- | --- | --- | --- | --- | --- |
+| {r['input_rate']:g} msg/s | **{r['sustained_rows_per_s']} msg/s** ({verdict}) | {r['busy_rows_per_s']} msg/s | \
+{lat['p50']} ms | {lat['p95']} ms | {r['mean_rows_per_batch']} | {lag['p50']} s / {lag['p95']} s |
+
+Sustained = rows / (first trigger start to last batch end); busy = rows / time spent in triggers (the rate the
+stream could take); lag = per row, file arrival to the start of the batch that scored it.
+
+Counts: {r['lines']} lines = {r['predicted']} predicted + {r['quarantined']} quarantined \
+({'reconciled' if r['reconciled'] else 'NOT reconciled'}); {r['windows']} closed windows; {r['batches']} batches with input.
+Machine: {m['cpu']}; Python {m['python']}, pyspark {m['pyspark']}, torch {m['torch']}. {r.get('note', '')}
+"""
+
+
+INFERENCE_CONTENDERS = (("bare", "bare single-process loop"), ("ours", "dlspark score_dataframe (mapInArrow)"),
+                        ("predict_batch_udf", "pyspark predict_batch_udf"), ("mlflow_spark_udf", "mlflow.pyfunc.spark_udf"))
+
+
+def _inference_section(r: dict) -> str:
+    m, targets = r["machine"], r["targets"]
+    blocks = []
+    for res in r["results"]:
+        rates, ratios, errors = res["rows_per_s"], res["ratios"], res.get("errors", {})
+        lines = []
+        for key, label in INFERENCE_CONTENDERS:
+            if key in errors:
+                lines.append(f"| {label} | could not run: {errors[key].splitlines()[-1][:160]} | | |")
+                continue
+            ratio = ratios.get(f"ours_over_{key}")
+            target = targets.get(f"ours_over_{key}")
+            verdict = "" if ratio is None or target is None else f"{ratio} (target {target}: {'meets' if ratio >= target else 'below'})"
+            agree = res["agreement"].get(key)
+            same = f"{agree['same_class']:.4f} of {agree['rows']}" if agree else "reference"
+            lines.append(f"| {label} | {rates[key]:,.1f} | {'**' + verdict + '**' if verdict else ''} | {same} |")
+        blocks.append(f"""
+### {res['kind']}: {res['model']} on {res['data']}
+
+{res['partitions']} partitions, batch {res['batch_size']} rows per forward pass, Arrow batches of {res['arrow_batch']} rows;
+mlflow model load {res['mlflow_load_s']} s (paid by spark_udf in every task).
+
+| contender | rows/s | ours / this | same class as bare |
+| --- | --- | --- | --- |
+{chr(10).join(lines)}
+""")
+    threads = ", ".join(f"OMP_NUM_THREADS={t['OMP_NUM_THREADS']} -> torch {t['torch_threads']}" for t in r["worker_threads"])
+    return f"""
+## Batch inference: dlspark vs predict_batch_udf vs mlflow spark_udf vs a bare loop
+
+Command: `{r['command']}` ({r['measured_at']}). Spark {r['spark_conf']['spark.master']}, one thread per task (Python
+workers: {threads}); the bare loop runs in one process with {r['bare_threads']} torch threads on the same rows preloaded as
+numpy. Same registered model (pinned version), same rows (the test split tiled, read from the same Parquet files),
+same batch size; every Spark query ends in the `noop` sink; median of the timed rounds; {r['timing']}. {r.get('note', '')}
+
+{chr(10).join(f"- {name}: {text}" for name, text in r['design'].items())}
+{''.join(blocks)}
+Machine: {m['cpu']}, {m['nproc']} cores, load average at start {m['load_average_at_start']}; Python {m['python']},
+torch {m['torch']}, pyspark {m['pyspark']}, mlflow {m['mlflow']}, pyarrow {m['pyarrow']}.
+"""
+
+
 def write_benchmarks_md(results: Path, out: Path) -> None:
     files = [results / f"{name}.json" for name in INGEST_RESULTS if (results / f"{name}.json").exists()]
     body = "".join(_section(json.loads(f.read_text())) for f in files)
@@ -106,4 +177,8 @@ def write_benchmarks_md(results: Path, out: Path) -> None:
         body += _feeder_section(json.loads((results / "feeder.json").read_text()))
     if (results / "train.json").exists():
         body += _train_section(json.loads((results / "train.json").read_text()))
+    if (results / "inference.json").exists():
+        body += _inference_section(json.loads((results / "inference.json").read_text()))
+    if (results / "stream.json").exists():
+        body += _stream_section(json.loads((results / "stream.json").read_text()))
     out.write_text(HEADER + (body or "\nNo results yet.\n"))
