@@ -169,6 +169,7 @@ def main() -> int:
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "stream.json").write_text(json.dumps(result, indent=2))
+        sys.path.insert(0, str(REPO))
         from bench.report import write_benchmarks_md
 
         write_benchmarks_md(RESULTS, REPO / "BENCHMARKS.md")
