@@ -330,6 +330,46 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """REST serving of a registered model (``jobs/serve.py``)."""
+
+    model: str | None = None              # like inference.model; null = models:/<mlflow.registered_model>@<alias>
+    alias: str = "champion"
+    host: str = "127.0.0.1"               # loopback unless deliberately exposed
+    port: int = 8000
+    max_batch: int = 32                   # requests merged into one forward pass
+    max_wait_ms: float = 5.0              # how long the batcher waits to fill a batch
+    queue_size: int = 256                 # pending requests before answering 503
+    max_payload_bytes: int = 10 * 1024 * 1024
+    reload_seconds: float = 30.0          # how often the alias is checked; a move reloads the model (0 = never)
+    threads: int | None = None            # torch intra-op threads; null = library default
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.port <= 65535, f"serve.port: must be in [1, 65535], got {self.port}")
+        _require(self.max_batch >= 1 and self.queue_size >= 1, "serve.max_batch and serve.queue_size: must be >= 1")
+        _require(self.max_wait_ms >= 0 and self.reload_seconds >= 0, "serve.max_wait_ms and serve.reload_seconds: must be >= 0")
+        _require(self.max_payload_bytes >= 1024, "serve.max_payload_bytes: must be >= 1024")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Drift monitoring of a scoring table against the training baseline (``jobs/monitor.py``)."""
+
+    baseline: str | None = None           # predictions of the baseline data; null = see jobs/monitor.py
+    current: str | None = None            # the scoring table (batch or stream sink) to check
+    output: str = "tables/monitoring"     # metrics table
+    report_dir: str = "reports/monitoring"
+    psi_threshold: float = 0.2            # population stability index above this = drift
+    ks_pvalue: float = 0.01               # KS test p-value below this = drift
+    min_rows: int = 100                   # fewer current rows than this: not judged
+
+    def __post_init__(self) -> None:
+        _require(self.psi_threshold > 0, "monitor.psi_threshold: must be > 0")
+        _require(0 < self.ks_pvalue < 1, "monitor.ks_pvalue: must be in (0, 1)")
+        _require(self.min_rows >= 1, "monitor.min_rows: must be >= 1")
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """The whole resolved configuration; built once by ``load_config`` and passed down."""
 
@@ -342,3 +382,5 @@ class AppConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
