@@ -154,3 +154,16 @@ def test_cpu_only_machine_refuses_an_explicit_cuda_request():
     assert scoring.choose_device("auto") == "cpu"
     with pytest.raises(RuntimeError, match="no GPU"):
         scoring.choose_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_scoring_in_bf16_agrees_with_cpu(tmp_path):
+    model = image_model()
+    batch = _image_batch([_good(i) for i in range(64)])
+    spec = _image_spec(tmp_path, batch_size=16)
+    cpu = score_record_batch(batch, spec, TorchPredictor(model, device="cpu")).to_pydict()
+    gpu = score_record_batch(batch, spec, TorchPredictor(image_model(), device="cuda:0")).to_pydict()
+    assert np.allclose(np.array(cpu["probabilities"]), np.array(gpu["probabilities"]), atol=3e-2)
+    agree = np.mean(np.array(cpu["prediction_index"]) == np.array(gpu["prediction_index"]))
+    assert agree >= 0.95
