@@ -1,7 +1,7 @@
 """Packaging for dlspark: Spark-native ingest, training and inference for deep learning.
 
 Install for development with ``./setup.sh`` (what ``make setup`` runs), which applies
-``constraints.txt``. Extras: torch, tf, horovod, petastorm, delta, mlflow, onnx, dev.
+``constraints.txt``. Extras: torch, tf, horovod, petastorm, delta, mlflow, onnx, serve, dev.
 """
 from setuptools import find_packages, setup
 
@@ -17,6 +17,8 @@ EXTRAS = {
     "mlflow": ["mlflow>=3.0"],
     # ONNX export of image models (torch's TorchScript exporter, so no onnxscript) and onnxruntime inference.
     "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+    # REST serving (jobs/serve.py): httpx is what FastAPI's TestClient and bench/serve_bench.py talk through.
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus_client>=0.20", "httpx>=0.27"],
     "dev": ["pytest>=8", "pytest-timeout", "ruff", "mypy", "types-PyYAML", "jupytext", "nbclient", "ipykernel"],
 }
 

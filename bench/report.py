@@ -170,6 +170,28 @@ torch {m['torch']}, pyspark {m['pyspark']}, mlflow {m['mlflow']}, pyarrow {m['py
 """
 
 
+def _serve_section(r: dict) -> str:
+    rows = []
+    for lv in r["levels"]:
+        p95 = lv["p95_ms"]
+        verdict = "" if p95 is None else (" (meets)" if lv["meets_p95_target"] else " (**misses**)")
+        rows.append(f"| {lv['concurrency']} | {lv['requests_per_s']:,.1f} | {lv['p50_ms']} | {p95}{verdict} | {lv['p99_ms']} | "
+                    f"{lv['mean_batch_size']} | {lv['errors']} ({lv['rejected_503']} x 503) |")
+    m = r["machine"]
+    return f"""
+## REST serving: jobs/serve.py under load
+
+Command: `{r['command']}` ({r['measured_at']}). Server `{r['server']}` serving {r['model']} (ready after {r['startup_s']} s);
+{r['request']}; client threads in a second process on the same machine. Target: p95 < {r['p95_target_ms']:.0f} ms.
+
+| concurrency | requests/s | p50 ms | p95 ms | p99 ms | mean batch | errors |
+| --- | --- | --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+Machine: {m['cpu']}, {m['nproc']} cores, load average at start {m['load_average_at_start']}; Python {m['python']}.
+"""
+
+
 def write_benchmarks_md(results: Path, out: Path) -> None:
     files = [results / f"{name}.json" for name in INGEST_RESULTS if (results / f"{name}.json").exists()]
     body = "".join(_section(json.loads(f.read_text())) for f in files)
@@ -181,4 +203,6 @@ def write_benchmarks_md(results: Path, out: Path) -> None:
         body += _inference_section(json.loads((results / "inference.json").read_text()))
     if (results / "stream.json").exists():
         body += _stream_section(json.loads((results / "stream.json").read_text()))
+    if (results / "serve.json").exists():
+        body += _serve_section(json.loads((results / "serve.json").read_text()))
     out.write_text(HEADER + (body or "\nNo results yet.\n"))

@@ -1,0 +1,137 @@
+"""Server-side micro-batching: many small requests in, one forward pass per batch out.
+
+:class:`MicroBatcher` owns a bounded queue and a single worker task on the event loop. The worker takes the
+first pending item, keeps collecting until ``max_batch`` items or ``max_wait_ms`` have passed, runs
+``run_batch`` once on a dedicated thread (so the event loop keeps accepting requests meanwhile) and resolves
+every item's future with its own result. A full queue raises :class:`QueueFull` at once rather than letting
+callers wait without bound; the HTTP layer answers 503 with ``Retry-After``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Generic, Sequence, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class QueueFull(RuntimeError):
+    """More items are pending than the queue holds; retry after ``retry_after`` seconds."""
+
+    def __init__(self, pending: int, capacity: int, retry_after: int = 1) -> None:
+        super().__init__(f"{pending} items pending, queue holds {capacity}: the server is saturated, retry in "
+                         f"{retry_after}s (or raise serve.queue_size / serve.max_batch)")
+        self.retry_after = retry_after
+
+
+class MicroBatcher(Generic[T, R]):
+    """Collects submitted items into batches for ``run_batch``; start it inside a running event loop.
+
+    Parameters
+    ----------
+    run_batch
+        ``items -> results`` (same length, same order); a result that is an ``Exception`` is raised to
+        that item's caller only. Runs on one worker thread, never concurrently with itself.
+    max_batch, max_wait_ms, queue_size
+        Largest batch; how long to wait for a batch to fill once its first item arrived; most pending items.
+    on_batch
+        Called with (batch size, seconds the forward pass took) after every batch, e.g. for metrics.
+    """
+
+    def __init__(self, run_batch: Callable[[list[T]], Sequence[R | Exception]], *, max_batch: int, max_wait_ms: float,
+                 queue_size: int, on_batch: Callable[[int, float], None] | None = None) -> None:
+        if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
+            raise ValueError(f"max_batch and queue_size must be >= 1 and max_wait_ms >= 0, got {max_batch}, "
+                             f"{queue_size}, {max_wait_ms}")
+        self._run_batch = run_batch
+        self.max_batch, self.max_wait, self.queue_size = max_batch, max_wait_ms / 1000.0, queue_size
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future]] | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def depth(self) -> int:
+        """Items waiting for a batch (not counting the batch being run)."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def start(self) -> None:
+        """Create the queue and the worker task on the running loop."""
+        self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlspark-batch")
+        self._task = asyncio.create_task(self._loop(), name="dlspark-micro-batcher")
+
+    async def stop(self) -> None:
+        """Cancel the worker and fail whatever is still queued."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while self._queue is not None and not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(RuntimeError("the server is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        """The results of ``items`` once their batches ran; raises :class:`QueueFull` when they do not fit."""
+        if self._queue is None:
+            raise RuntimeError("MicroBatcher.submit before start(): start it in the app's lifespan")
+        if self.depth + len(items) > self.queue_size:
+            raise QueueFull(self.depth + len(items), self.queue_size)
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        for item, fut in zip(items, futures):
+            self._queue.put_nowait((item, fut))
+        return list(await asyncio.gather(*futures))
+
+    async def _loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = await self._collect()
+            batch = [(item, fut) for item, fut in batch if not fut.done()]  # callers that went away
+            if batch:
+                await self._run(batch)
+
+    async def _collect(self) -> list[tuple[T, asyncio.Future]]:
+        """The first pending item plus whatever else arrives within ``max_wait`` (at most ``max_batch``)."""
+        assert self._queue is not None
+        batch = [await self._queue.get()]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future]]) -> None:
+        items = [item for item, _ in batch]
+        start = time.perf_counter()
+        try:
+            results: Sequence[Any] = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, items)
+            if len(results) != len(items):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+        except Exception as exc:  # noqa: BLE001 - one failed forward pass fails its batch, not the server
+            log.exception("batch of %d failed", len(items))
+            results = [exc] * len(items)
+        if self._on_batch is not None:
+            self._on_batch(len(items), time.perf_counter() - start)
+        for (_, fut), result in zip(batch, results):
+            if fut.done():
+                continue
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)

@@ -1,0 +1,186 @@
+"""The served model: loaded once, swapped atomically when its alias moves, and the per-batch scoring call.
+
+:class:`ServedModel` bundles a downloaded model with its predictor and the preprocessing it was trained
+with: images are decoded by :func:`dlspark.images.decode.decode_image` (the function ingest runs) to the
+model's ``image_shape``; texts are normalised and tokenized by :func:`dlspark.inference.inputs.text_inputs`
+(what batch inference runs). Scoring itself is :func:`dlspark.inference.scoring.predict` and
+:func:`~dlspark.inference.scoring.prediction_columns`, so a served prediction equals a batch one.
+
+:class:`ModelService` holds the current :class:`ServedModel`. :meth:`ModelService.refresh` resolves the alias
+again and, when it points at another version, loads that version beside the old one and replaces the
+reference in one assignment: a batch that already took the old model finishes on it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from dlspark.images.decode import ImageRejected, ImageSpec, decode_image
+from dlspark.inference.inputs import ModelInputs, TextPreprocessing, text_inputs
+from dlspark.inference.model import ModelBundle, ModelRef
+from dlspark.inference.predictors import Predictor, load_predictor
+from dlspark.inference.scoring import ScoringSpec, predict, prediction_columns
+from dlspark.serving.payload import Instance
+from dlspark.text.normalize import normalize_text
+
+log = logging.getLogger(__name__)
+
+
+class InstanceError(ValueError):
+    """One instance cannot be scored (HTTP 422); the message names it and says why."""
+
+    def __init__(self, index: int, reason: str, detail: str, status: int = 422) -> None:
+        super().__init__(f"instance {index}: {reason}: {detail}")
+        self.index, self.reason, self.status = index, reason, status
+
+
+class ModelNotReady(RuntimeError):
+    """No model is loaded yet (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded model and everything needed to turn request instances into its predictions."""
+
+    bundle: ModelBundle
+    predictor: Predictor
+    spec: ScoringSpec
+    image: ImageSpec | None = None              # image models: how ingest decoded files
+    text: TextPreprocessing | None = None       # text models: tokenizer, length, normalisation
+    tokenizer: Any = None
+
+    @property
+    def kind(self) -> str:
+        return self.bundle.kind
+
+    @property
+    def name(self) -> str:
+        return self.bundle.ref.name or self.bundle.ref.uri
+
+    @property
+    def version(self) -> str | None:
+        return self.bundle.ref.version
+
+
+def load_served_model(bundle: ModelBundle, *, threads: int | None = None, resize: str = "center_crop",
+                      max_pixels: int = 40_000_000, max_file_bytes: int = 64 * 1024 * 1024,
+                      text_fallback: Mapping[str, Any] | None = None, top_k: int = 3, batch_size: int = 256,
+                      predictor: Predictor | None = None) -> ServedModel:
+    """Load ``bundle``'s predictor on CPU and its preprocessing (``resize`` etc. as in ``ingest_images``)."""
+    spec = ScoringSpec(cache_key=bundle.ref.uri, flavor=bundle.flavor, labels=bundle.labels,
+                       preprocessing=bundle.preprocessing, model_dir=bundle.local_dir, text_mode="text",
+                       text_fallback=text_fallback, batch_size=batch_size, top_k=top_k, device="cpu", threads=threads)
+    predictor = predictor or load_predictor(bundle.local_dir, bundle.flavor, device="cpu", threads=threads)
+    if bundle.kind == "image":
+        return ServedModel(bundle, predictor, spec, image=image_spec(bundle.preprocessing, resize, max_pixels, max_file_bytes))
+    from dlspark.text.tokenize import load_tokenizer
+
+    text = TextPreprocessing.from_spec(bundle.preprocessing, text_fallback)
+    return ServedModel(bundle, predictor, spec, text=text, tokenizer=load_tokenizer(text.tokenizer))
+
+
+def image_spec(preprocessing: Mapping[str, Any], resize: str, max_pixels: int, max_file_bytes: int) -> ImageSpec:
+    """The :class:`ImageSpec` ingest used for a model trained on ``image_shape`` [H, W, C] (C 1 = L, 3 = RGB)."""
+    height, width, channels = (int(v) for v in preprocessing["image_shape"])
+    if channels not in (1, 3):
+        raise ValueError(f"image_shape {list(preprocessing['image_shape'])}: serving decodes 1 (L) or 3 (RGB) channels")
+    return ImageSpec((height, width), "L" if channels == 1 else "RGB", resize, max_pixels, max_file_bytes)  # type: ignore[arg-type]
+
+
+def prepare(model: ServedModel, instances: Sequence[Instance]) -> list[np.ndarray | str]:
+    """Decoded pixels ``[H, W, C]`` or the raw text per instance; raises :class:`InstanceError` for the first bad one."""
+    return [_prepare_one(model, instance, i) for i, instance in enumerate(instances)]
+
+
+def _prepare_one(model: ServedModel, instance: Instance, index: int) -> np.ndarray | str:
+    if instance.kind != model.kind:
+        raise InstanceError(index, "wrong_kind", f"got {'image bytes' if instance.image is not None else 'text'} but "
+                                                 f"{model.name} is a{'n' if model.kind == 'image' else ''} {model.kind} model")
+    if model.image is not None:
+        try:
+            decoded = decode_image(instance.image or b"", model.image)
+        except ImageRejected as exc:
+            raise InstanceError(index, exc.reason, exc.detail) from exc
+        return np.frombuffer(decoded.pixels, np.uint8).reshape(decoded.shape)
+    assert model.text is not None and instance.text is not None
+    if not normalize_text(instance.text, model.text.normalize):
+        raise InstanceError(index, "empty_text", "nothing left to score after normalisation; send non-empty text")
+    return instance.text
+
+
+def run_batch(model: ServedModel, values: Sequence[np.ndarray | str]) -> list[dict[str, Any] | Exception]:
+    """One forward pass over prepared values; per value the prediction dict or an :class:`InstanceError`."""
+    n = len(values)
+    if model.kind == "image":
+        shape = model.image.shape if model.image is not None else ()
+        good = [i for i, v in enumerate(values) if isinstance(v, np.ndarray) and v.shape == shape]
+        errors: list[str | None] = [None if i in set(good) else "model_changed: decoded for another model version, "
+                                    "retry" for i in range(n)]
+        pixels = np.stack([values[i] for i in good]) if good else np.zeros((0, *shape), np.uint8)
+        inputs = ModelInputs(np.asarray(good, np.int64), {"pixels": pixels}, errors)
+    else:
+        assert model.text is not None
+        texts = [v if isinstance(v, str) else None for v in values]
+        inputs = text_inputs(pa.table({"text": pa.array(texts, pa.string())}), model.text, model.tokenizer)
+    probs = predict(model.predictor, inputs, model.spec)
+    return _rows(model, prediction_columns(probs, inputs, model.spec.labels, model.spec.top_k, n))
+
+
+def _rows(model: ServedModel, columns: list[pa.Array]) -> list[dict[str, Any] | Exception]:
+    label, index, prob, _, top_k, error = (c.to_pylist() for c in columns)
+    out: list[dict[str, Any] | Exception] = []
+    for i in range(len(label)):
+        if error[i] is not None:
+            reason, _, detail = error[i].partition(": ")
+            out.append(InstanceError(i, reason, detail, status=503 if reason == "model_changed" else 422))
+            continue
+        out.append({"label": label[i], "index": index[i], "probability": prob[i], "top_k": top_k[i],
+                    "model": model.name, "version": model.version})
+    return out
+
+
+class ModelService:
+    """The current :class:`ServedModel`, (re)loaded from whatever ``resolve`` returns.
+
+    Parameters
+    ----------
+    resolve
+        Returns the :class:`ModelRef` the alias points at now (e.g. ``lambda: resolve_model(target, uri)``).
+    load
+        Downloads and loads a ref into a :class:`ServedModel`.
+    """
+
+    def __init__(self, resolve: Callable[[], ModelRef], load: Callable[[ModelRef], ServedModel]) -> None:
+        self._resolve, self._load = resolve, load
+        self._model: ServedModel | None = None
+        self._lock = threading.Lock()       # one load at a time; readers never wait on it
+
+    @property
+    def model(self) -> ServedModel:
+        """The model to use now; raises :class:`ModelNotReady` before the first load finished."""
+        model = self._model
+        if model is None:
+            raise ModelNotReady("the model is still loading: poll GET /ready")
+        return model
+
+    @property
+    def ready(self) -> bool:
+        return self._model is not None
+
+    def refresh(self) -> bool:
+        """Load the version the alias points at if it is not the one being served; True when it swapped."""
+        with self._lock:
+            ref = self._resolve()
+            current = self._model
+            if current is not None and current.bundle.ref.uri == ref.uri:
+                return False
+            model = self._load(ref)
+            self._model = model                 # the swap: one reference assignment
+            log.info("serving %s (%s) version %s%s", model.name, ref.requested, model.version,
+                     "" if current is None else f", was version {current.version}")
+            return True
