@@ -355,18 +355,25 @@ class ServeConfig:
 class MonitorConfig:
     """Drift monitoring of a scoring table against the training baseline (``jobs/monitor.py``)."""
 
-    baseline: str | None = None           # predictions of the baseline data; null = see jobs/monitor.py
-    current: str | None = None            # the scoring table (batch or stream sink) to check
+    baseline: str | None = None           # predictions or input table; null = train.table's baseline_split, scored
+    baseline_split: Literal["train", "val", "test"] | None = "test"   # rows of the baseline kept (when it has a split column)
+    current: str | None = None            # the scoring table (batch or stream sink) or an input table to score
+    format: TableFormat = "parquet"       # of baseline, current and output
     output: str = "tables/monitoring"     # metrics table
     report_dir: str = "reports/monitoring"
     psi_threshold: float = 0.2            # population stability index above this = drift
     ks_pvalue: float = 0.01               # KS test p-value below this = drift
-    min_rows: int = 100                   # fewer current rows than this: not judged
+    min_rows: int = 100                   # fewer rows than this on either side: reported, not judged
+    bins: int = 10                        # PSI bins, at the baseline's quantiles
+    sample_rows: int = 200_000            # at most this many rows per side are collected for the statistics
 
     def __post_init__(self) -> None:
         _require(self.psi_threshold > 0, "monitor.psi_threshold: must be > 0")
         _require(0 < self.ks_pvalue < 1, "monitor.ks_pvalue: must be in (0, 1)")
         _require(self.min_rows >= 1, "monitor.min_rows: must be >= 1")
+        _require(self.bins >= 2, f"monitor.bins: must be >= 2, got {self.bins}")
+        _require(self.sample_rows >= self.min_rows,
+                 f"monitor.sample_rows ({self.sample_rows}) must be >= monitor.min_rows ({self.min_rows})")
 
 
 @dataclass(frozen=True)
