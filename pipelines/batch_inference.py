@@ -85,6 +85,8 @@ def score_table(spark: SparkSession, cfg: AppConfig, run_id: str) -> ScoringRepo
         return _report(done, skipped=True)
     _remove_partial_run(spark, output, icfg.format, key)
     rows = snapshot.df if icfg.split is None else snapshot.df.where(F.col("split") == icfg.split)
+    if icfg.only_new:
+        rows = unscored_rows(spark, rows, output, icfg.format, bundle)
     scored = score_rows(spark, rows, cfg, bundle)
     now = datetime.now(timezone.utc)
     out = scored.select("*", *_run_columns(bundle, input_uri, input_version, key, now))
@@ -97,6 +99,21 @@ def score_table(spark: SparkSession, cfg: AppConfig, run_id: str) -> ScoringRepo
     report = _report(summary, skipped=False)
     log.info("%s", report.describe())
     return report
+
+
+def unscored_rows(spark: SparkSession, rows: DataFrame, output: str, fmt: str, bundle: ModelBundle) -> DataFrame:
+    """``rows`` whose row id (``sha256`` or ``record_id``) the model version has not scored into ``output`` yet."""
+    key = next((c for c in ("sha256", "record_id") if c in rows.columns), None)
+    if key is None:
+        raise ValueError(f"inference.only_new needs a row id column (sha256 or record_id); the input has {rows.columns}")
+    if not table_exists(spark, output, fmt=fmt):
+        return rows
+    done = read_table(spark, output, fmt=fmt).df
+    if key not in done.columns:
+        raise ValueError(f"inference.only_new: {output} has no {key} column to tell scored rows by; keep {key} in "
+                         "inference.passthrough")
+    scored = done.where(F.col("model_uri") == bundle.ref.uri).select(key).distinct()
+    return rows.join(scored, on=key, how="left_anti")
 
 
 def requested_model(cfg: AppConfig) -> str:

@@ -277,6 +277,7 @@ class InferenceConfig:
     input_format: TableFormat = "parquet"
     input_version: int | None = None      # Delta version to read; null = the latest
     split: Literal["train", "val", "test"] | None = None   # score only this split; null = every row
+    only_new: bool = False                # skip rows (by sha256 / record_id) this model version already scored in output
     text_mode: Literal["tokens", "text"] = "tokens"       # text models: ingested input_ids, or a raw text column
     text_column: str = "text"
     passthrough: tuple[str, ...] | None = None   # input columns copied to the output; null = the ids, split and labels present
