@@ -240,6 +240,8 @@ def test_an_inverted_copy_scored_by_batch_inference_is_flagged_and_exits_4(spark
         f"paths.data_dir={data}", "mlflow.registered_model=test-images", "inference.input=tables/inverted",
         "inference.output=tables/predictions/inverted"])
     score_table(spark, cfg, "score-inverted")       # current = a predictions table, joined back to its inputs
+    # the job's own session would be this suite's shared one with the job's settings applied to it: reuse it as is
+    monkeypatch.setattr("dlspark.spark.session.build_spark_session", lambda _: spark)
     runs = []
     real = job.run_spark_pipeline
     monkeypatch.setattr(job, "run_spark_pipeline", lambda *a, **k: runs.append(real(*a, **k)) or runs[-1])
