@@ -232,9 +232,9 @@ def bench_model(spark, kind: str, rows: int, args: argparse.Namespace) -> dict: 
     import torch
 
     from dlspark.config import MlflowConfig
+    from dlspark.inference.model import load_model
     from dlspark.inference.predictors import load_torch_module
     from dlspark.tracking import resolve_tracking
-    from pipelines.batch_inference import load_model
 
     uri, table, columns = MODELS[kind]
     target = resolve_tracking(MlflowConfig(), str(REPO / "data"))

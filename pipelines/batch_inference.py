@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig
-from dlspark.inference.model import ModelBundle, fetch_model, model_uri_for, resolve_model
+from dlspark.inference.inputs import ingest_text_fallback
+from dlspark.inference.model import ModelBundle, load_model, model_uri_for, resolve_model
 from dlspark.inference.spark_scoring import resource_profile, score_dataframe, scoring_spec, ship_model
 from dlspark.ingest.outcome import CountMismatch
 from dlspark.paths import resolve_path
@@ -122,13 +121,6 @@ def requested_model(cfg: AppConfig) -> str:
     return model_uri_for(name, cfg.inference.alias)
 
 
-def load_model(target: TrackingTarget, uri: str) -> ModelBundle:
-    """Resolve ``uri`` to a pinned version and download it (once per machine: registered versions never change)."""
-    ref = resolve_model(target, uri)
-    digest = hashlib.sha256(f"{target.registry_uri}|{ref.uri}".encode()).hexdigest()[:16]
-    return fetch_model(target, ref, Path(tempfile.gettempdir()) / "dlspark-models" / digest)
-
-
 def score_rows(spark: SparkSession, df: DataFrame, cfg: AppConfig, bundle: ModelBundle) -> DataFrame:
     """``df`` scored by ``bundle`` with the ``inference`` settings (passthrough, batch size, device ...)."""
     icfg = cfg.inference
@@ -137,7 +129,7 @@ def score_rows(spark: SparkSession, df: DataFrame, cfg: AppConfig, bundle: Model
     missing = [c for c in passthrough if c not in df.columns]
     if missing:
         raise ValueError(f"inference.passthrough names column(s) {missing} that the input lacks; it has {df.columns}")
-    fallback = ingest_text_settings(cfg) if icfg.text_mode == "text" else None
+    fallback = ingest_text_fallback(cfg.ingest_text) if icfg.text_mode == "text" else None
     spec = scoring_spec(bundle, passthrough=passthrough, batch_size=icfg.batch_size, top_k=icfg.top_k, device=icfg.device,
                         amp=icfg.amp, text_mode=icfg.text_mode, text_column=icfg.text_column, text_fallback=fallback)
     return score_dataframe(df, ship_model(spark, spec), profile=resource_profile(icfg.task_cpus, icfg.task_gpus))
@@ -223,13 +215,6 @@ def _remove_partial_run(spark: SparkSession, output: str, fmt: str, key: str) ->
             fs.rm(fsspec.core.url_to_fs(uri)[1])
         spark.catalog.clearCache()
     log.warning("removed the rows of an unfinished scoring run (scoring_key %s) from %s", key, output)
-
-
-def ingest_text_settings(cfg: AppConfig) -> dict[str, Any]:
-    """The ``ingest_text`` settings raw text is normalised and tokenized with (when the model does not record them)."""
-    t = cfg.ingest_text
-    return {"tokenizer": t.tokenizer, "max_length": t.max_length, "lowercase": t.lowercase, "mask_urls": t.mask_urls,
-            "mask_mentions": t.mask_mentions, "url_token": t.url_token, "mention_token": t.mention_token}
 
 
 def _train_test_accuracy(target: TrackingTarget, bundle: ModelBundle) -> float | None:

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig, ConfigError
-from dlspark.inference.model import ModelBundle
+from dlspark.inference.inputs import ingest_text_fallback
+from dlspark.inference.model import ModelBundle, load_model
 from dlspark.inference.spark_scoring import score_dataframe, scoring_spec, ship_model
 from dlspark.inference.streaming import (
     MessageFields,
@@ -41,9 +42,7 @@ from dlspark.paths import resolve_path
 from dlspark.tracking import resolve_tracking
 from pipelines.batch_inference import (
     expected_labels,
-    ingest_text_settings,
     label_accuracy,
-    load_model,
     requested_model,
 )
 
@@ -168,7 +167,7 @@ def score_messages(spark: SparkSession, valid: DataFrame, cfg: AppConfig, bundle
     icfg = cfg.inference
     spec = scoring_spec(bundle, passthrough=PASSTHROUGH, batch_size=icfg.batch_size, top_k=icfg.top_k,
                         device=icfg.device, amp=icfg.amp, text_mode="text", text_column="text",
-                        text_fallback=ingest_text_settings(cfg))
+                        text_fallback=ingest_text_fallback(cfg.ingest_text))
     if cfg.stream.score_partitions:
         valid = valid.repartition(cfg.stream.score_partitions)
     scored = score_dataframe(valid, ship_model(spark, spec))

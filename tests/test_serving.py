@@ -16,10 +16,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dlspark.config.schema import ServeConfig
-from dlspark.inference.model import resolve_model
+from dlspark.inference.model import download_model, resolve_model
 from dlspark.inference.scoring import score_record_batch
 from dlspark.serving import MicroBatcher, ModelService, QueueFull, create_app, load_served_model
-from dlspark.serving.factory import download
 from dlspark.serving.payload import PayloadError, parse_payload
 from dlspark.tracking import promote
 from tests.inference_models import IMAGE_LABELS, image_model, register_image_model, register_text_model
@@ -42,7 +41,7 @@ def expected_probs(pixels: np.ndarray) -> np.ndarray:
 
 def registry_service(target, uri: str, predictor=None) -> ModelService:
     return ModelService(lambda: resolve_model(target, uri),
-                        lambda ref: load_served_model(download(target, ref), resize="stretch", predictor=predictor))
+                        lambda ref: load_served_model(download_model(target, ref), resize="stretch", predictor=predictor))
 
 
 @pytest.fixture(scope="module")

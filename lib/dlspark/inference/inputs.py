@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dlspark.config import TextIngestConfig
 from dlspark.feed.decode import pixels_array
 from dlspark.text.normalize import NormalizeSpec, normalize_text
 
@@ -54,6 +55,12 @@ class TextPreprocessing:
                    normalize=NormalizeSpec(**{k: v for k, v in norm.items() if k in norm_fields}))
 
 
+def ingest_text_fallback(t: TextIngestConfig) -> dict[str, Any]:
+    """The ``ingest_text`` settings as :meth:`TextPreprocessing.from_spec` takes them (for models that do not record them)."""
+    return {"tokenizer": t.tokenizer, "max_length": t.max_length, "lowercase": t.lowercase, "mask_urls": t.mask_urls,
+            "mask_mentions": t.mask_mentions, "url_token": t.url_token, "mention_token": t.mention_token}
+
+
 def image_inputs(batch: pa.RecordBatch | pa.Table, image_shape: Sequence[int], column: str = "pixels") -> ModelInputs:
     """Rows of ``column`` holding exactly ``H*W*C`` bytes (and, when present, a matching ``shape``)."""
     _require_columns(batch, [column], "image")
@@ -74,10 +81,8 @@ def image_inputs(batch: pa.RecordBatch | pa.Table, image_shape: Sequence[int], c
         errors[i] = f"wrong_shape: shape {batch.column('shape')[int(i)].as_py()}, the model takes {list(shape)}"
     good = ~(null | wrong_size | wrong_shape)
     valid = np.flatnonzero(good)
-    if len(valid) == n:
-        pixels = pixels_array(col, shape, column) if n else np.zeros((0, *shape), np.uint8)
-    else:
-        pixels = pixels_array(col.filter(pa.array(good)), shape, column) if len(valid) else np.zeros((0, *shape), np.uint8)
+    scorable = col if len(valid) == n else col.filter(pa.array(good))   # all good: a view, no filter copy
+    pixels = pixels_array(scorable, shape, column) if len(valid) else np.zeros((0, *shape), np.uint8)
     return ModelInputs(valid, {"pixels": pixels}, errors)
 
 

@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from dlspark.feed.decode import normalize_images
-from dlspark.inference.onnx_predictor import check_pixels, mlmodel_flavors
-from dlspark.inference.predictors import softmax
+from dlspark.inference.model import mlmodel_flavors
+from dlspark.inference.predictors import check_pixels, softmax
 
 log = logging.getLogger(__name__)
 

@@ -115,6 +115,20 @@ def fetch_model(target: TrackingTarget, ref: ModelRef, dst_dir: str | Path) -> M
     return read_bundle(ref, dst)
 
 
+def download_model(target: TrackingTarget, ref: ModelRef) -> ModelBundle:
+    """``ref`` downloaded once per machine (registered versions never change) into a temp-dir cache folder."""
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(f"{target.registry_uri}|{ref.uri}".encode()).hexdigest()[:16]
+    return fetch_model(target, ref, Path(tempfile.gettempdir()) / "dlspark-models" / digest)
+
+
+def load_model(target: TrackingTarget, uri: str) -> ModelBundle:
+    """Resolve ``uri`` to a pinned version and download it (see :func:`download_model`)."""
+    return download_model(target, resolve_model(target, uri))
+
+
 def read_bundle(ref: ModelRef, model_dir: str | Path) -> ModelBundle:
     """The :class:`ModelBundle` of an already downloaded model folder."""
     folder = Path(model_dir)
@@ -131,15 +145,23 @@ def read_bundle(ref: ModelRef, model_dir: str | Path) -> ModelBundle:
 
 def model_flavor(model_dir: str | Path) -> str:
     """The first supported flavor in the folder's ``MLmodel`` file (pytorch, onnx, keras, tensorflow)."""
-    mlmodel = Path(model_dir) / "MLmodel"
-    if not mlmodel.is_file():
+    if not (Path(model_dir) / "MLmodel").is_file():
         raise ModelResolutionError(f"{model_dir} is not an MLflow model folder (no MLmodel file)")
-    flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
+    flavors = mlmodel_flavors(model_dir)
     for flavor in FLAVORS:
         if flavor in flavors:
             return flavor
     raise ModelResolutionError(f"{model_dir}: flavors {sorted(flavors)} include none that batch inference runs; "
                                f"log the model as one of {list(FLAVORS)}")
+
+
+def mlmodel_flavors(model_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """The ``flavors`` section of ``<model_dir>/MLmodel``: ``{flavor name: its settings}``."""
+    mlmodel = Path(model_dir) / "MLmodel"
+    if not mlmodel.is_file():
+        raise FileNotFoundError(f"{model_dir} has no MLmodel file; pass the downloaded MLflow model folder")
+    flavors = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("flavors") or {}
+    return {name: conf or {} for name, conf in flavors.items()}
 
 
 def _read_extra(folder: Path, name: str, ref: ModelRef, required: bool = True) -> dict[str, Any]:

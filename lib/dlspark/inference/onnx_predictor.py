@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from dlspark.feed.decode import normalize_images
-from dlspark.inference.predictors import softmax
+from dlspark.inference.model import mlmodel_flavors
+from dlspark.inference.predictors import check_pixels, softmax
 
 log = logging.getLogger(__name__)
 
@@ -79,28 +80,3 @@ def onnx_file(model_dir: str | Path) -> Path:
         raise FileNotFoundError(f"{model_dir}: the onnx flavor names model file {data!r}, which does not exist; "
                                 "download the whole model folder (mlflow.artifacts.download_artifacts(model_uri))")
     return path
-
-
-# TODO(lead): perhaps move next to dlspark.inference.model.model_flavor; keras_predictor imports it from here.
-def mlmodel_flavors(model_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """The ``flavors`` section of ``<model_dir>/MLmodel``: ``{flavor name: its settings}``."""
-    import yaml
-
-    mlmodel = Path(model_dir) / "MLmodel"
-    if not mlmodel.is_file():
-        raise FileNotFoundError(f"{model_dir} has no MLmodel file; pass the downloaded MLflow model folder")
-    flavors = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("flavors") or {}
-    return {name: conf or {} for name, conf in flavors.items()}
-
-
-def check_pixels(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float],
-                 model_hwc: Sequence[Any]) -> None:
-    """ValueError unless ``pixels`` is uint8 ``[n, H, W, C]`` fitting the model's ``(H, W, C)`` (non-ints: any)."""
-    if pixels.dtype != np.uint8 or pixels.ndim != 4:
-        raise ValueError(f"pixels must be uint8 [n, H, W, C], got {pixels.dtype} {pixels.shape}")
-    if not len(mean) == len(std) == pixels.shape[3]:
-        raise ValueError(f"mean {list(mean)} and std {list(std)} need one value per channel ({pixels.shape[3]}); "
-                         "take them from the model's extras/preprocessing.json")
-    if any(isinstance(want, int) and want != got for want, got in zip(model_hwc, pixels.shape[1:])):
-        raise ValueError(f"the model takes (H, W, C) {tuple(model_hwc)} images, got {pixels.shape[1:]}; resize to "
-                         "the training size (extras/preprocessing.json) before scoring")

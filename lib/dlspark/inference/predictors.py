@@ -39,6 +39,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z
 
 
+def check_pixels(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                 model_hwc: Sequence[Any]) -> None:
+    """ValueError unless ``pixels`` is uint8 ``[n, H, W, C]`` fitting the model's ``(H, W, C)`` (non-ints: any)."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 4:
+        raise ValueError(f"pixels must be uint8 [n, H, W, C], got {pixels.dtype} {pixels.shape}")
+    if not len(mean) == len(std) == pixels.shape[3]:
+        raise ValueError(f"mean {list(mean)} and std {list(std)} need one value per channel ({pixels.shape[3]}); "
+                         "take them from the model's extras/preprocessing.json")
+    if any(isinstance(want, int) and want != got for want, got in zip(model_hwc, pixels.shape[1:])):
+        raise ValueError(f"the model takes (H, W, C) {tuple(model_hwc)} images, got {pixels.shape[1:]}; resize to "
+                         "the training size (extras/preprocessing.json) before scoring")
+
+
 def load_predictor(model_dir: str, flavor: str, *, device: str = "cpu", threads: int | None = None,
                    amp: bool = True) -> Predictor:
     """The predictor for a downloaded MLflow model folder of ``flavor``.

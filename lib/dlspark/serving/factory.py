@@ -2,14 +2,11 @@
 in the config's tracking store, decoded and tokenized per the ``ingest_images`` / ``ingest_text`` settings."""
 from __future__ import annotations
 
-import hashlib
-import tempfile
-from pathlib import Path
-
 from dlspark.config import AppConfig
-from dlspark.inference.model import ModelBundle, ModelRef, fetch_model, model_uri_for, resolve_model
+from dlspark.inference.inputs import ingest_text_fallback
+from dlspark.inference.model import ModelRef, download_model, model_uri_for, resolve_model
 from dlspark.serving.service import ModelService, ServedModel, load_served_model
-from dlspark.tracking import TrackingTarget, resolve_tracking
+from dlspark.tracking import resolve_tracking
 
 
 def served_model_uri(cfg: AppConfig) -> str:
@@ -22,20 +19,12 @@ def service_from_config(cfg: AppConfig) -> ModelService:
     """A not yet loaded service for ``cfg`` (the app's lifespan loads it; call ``refresh()`` to load now)."""
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
     uri = served_model_uri(cfg)
-    images, text = cfg.ingest_images, cfg.ingest_text
-    fallback = {"tokenizer": text.tokenizer, "max_length": text.max_length, "lowercase": text.lowercase,
-                "mask_urls": text.mask_urls, "mask_mentions": text.mask_mentions, "url_token": text.url_token,
-                "mention_token": text.mention_token}
+    images, fallback = cfg.ingest_images, ingest_text_fallback(cfg.ingest_text)
 
     def load(ref: ModelRef) -> ServedModel:
-        return load_served_model(download(target, ref), threads=cfg.serve.threads, resize=images.resize,
+        return load_served_model(download_model(target, ref), threads=cfg.serve.threads, resize=images.resize,
                                  max_pixels=images.max_pixels, max_file_bytes=cfg.serve.max_payload_bytes,
                                  text_fallback=fallback, top_k=cfg.inference.top_k, batch_size=cfg.serve.max_batch)
 
     return ModelService(lambda: resolve_model(target, uri), load)
 
-
-def download(target: TrackingTarget, ref: ModelRef) -> ModelBundle:
-    """``ref`` downloaded once per machine, in the folder batch inference uses for it too."""
-    digest = hashlib.sha256(f"{target.registry_uri}|{ref.uri}".encode()).hexdigest()[:16]
-    return fetch_model(target, ref, Path(tempfile.gettempdir()) / "dlspark-models" / digest)
