@@ -1,7 +1,7 @@
 """Packaging for dlspark: Spark-native ingest, training and inference for deep learning.
 
 Install for development with ``./setup.sh`` (what ``make setup`` runs), which applies
-``constraints.txt``. Extras: torch, tf, horovod, petastorm, delta, mlflow, onnx, serve, dev.
+``constraints.txt``. Extras: torch, tf, horovod, petastorm, delta, mlflow, onnx, serve, tune, dev.
 """
 from setuptools import find_packages, setup
 
@@ -19,6 +19,8 @@ EXTRAS = {
     "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
     # REST serving (jobs/serve.py): httpx is what FastAPI's TestClient and bench/serve_bench.py talk through.
     "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus_client>=0.20", "httpx>=0.27"],
+    # Hyperparameter search (jobs/tune.py): Optuna study on the driver, trials on Spark executors.
+    "tune": ["optuna>=4"],
     "dev": ["pytest>=8", "pytest-timeout", "ruff", "mypy", "types-PyYAML", "jupytext", "nbclient", "ipykernel"],
 }
 

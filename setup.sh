@@ -14,7 +14,7 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 CACHE=${DLSPARK_CACHE:-$HOME/.cache/dlspark}
-EXTRAS=torch,tf,petastorm,delta,mlflow,onnx,serve,dev
+EXTRAS=torch,tf,petastorm,delta,mlflow,onnx,serve,tune,dev
 HOROVOD_VERSION=0.28.1
 
 say() { printf '[setup] %s\n' "$*"; }

@@ -63,7 +63,7 @@ def train_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TrainRepo
     tcfg = cfg.train
     table_uri = resolve_path(cfg.paths.data_dir, tcfg.table)
     snapshot = read_table(spark, table_uri, fmt=tcfg.table_format)
-    labels, label_map = _labels(cfg, table_uri)
+    labels, label_map = training_labels(cfg, table_uri)
     specs = feed_specs(spark, cfg, snapshot, label_map)
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
     run_name = tcfg.run_name or tcfg.task
@@ -88,7 +88,7 @@ def train_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TrainRepo
                        snapshot.version, summary)
 
 
-def _labels(cfg: AppConfig, table_uri: str) -> tuple[tuple[str, ...], dict[str, int] | None]:
+def training_labels(cfg: AppConfig, table_uri: str) -> tuple[tuple[str, ...], dict[str, int] | None]:
     """(class names by target index, label -> target map for the feeder; None = the table's label_index)."""
     stored = (read_json(Sidecar(table_uri).labels) or {}).get("labels")
     if not stored:

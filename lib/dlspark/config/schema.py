@@ -5,9 +5,10 @@ Each section is a frozen dataclass checked in ``__post_init__``; ``AppConfig`` i
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from dlspark.config.typed import ConfigError
 
@@ -377,6 +378,94 @@ class MonitorConfig:
                  f"monitor.sample_rows ({self.sample_rows}) must be >= monitor.min_rows ({self.min_rows})")
 
 
+ParamType = Literal["float", "uniform", "loguniform", "int", "categorical"]
+# train.* keys a study may not vary: they choose the data, labels, feeder, backend or where results go (all fixed
+# on the driver before the trials start), or the objective itself.
+UNTUNABLE = ("task", "table", "table_format", "framework", "backend", "num_workers", "run_name", "checkpoint_dir",
+             "checkpoint_every_steps", "monitor", "feed.feeder", "feed.petastorm_cache_dir", "sentiment.neutral",
+             "sentiment.positive_label", "sentiment.negative_label", "sentiment.neutral_label")
+
+
+def train_keys() -> list[str]:
+    """Dotted names of every TrainConfig value (``lr``, ``feed.batch_size``, ``sentiment.finetune_lr`` ...)."""
+    out: list[str] = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            out.extend(f"{f.name}.{sub.name}" for sub in dataclasses.fields(default))
+        else:
+            out.append(f.name)
+    return out
+
+
+def _check_param(cond: bool, message: str) -> None:
+    """A plain ValueError, so that ``build`` prefixes the parameter's full key (``tune.space.lr: ...``)."""
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class TuneParamConfig:
+    """One hyperparameter's range: ``float``/``uniform``, ``loguniform`` (= float, log), ``int`` or ``categorical``."""
+
+    type: ParamType = "float"
+    low: float | str | None = None        # strings too, because YAML reads 1e-4 (no dot) as a string
+    high: float | str | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.type == "categorical":
+            _check_param(bool(self.choices) and self.low is None and self.high is None,
+                     f"categorical needs a non-empty choices list and no low/high, got choices={self.choices!r}")
+            return
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, float(value))  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}: a {self.type} range needs a number, got {value!r}") from None
+        _check_param(self.choices is None, f"choices is only for type categorical, not {self.type!r}")
+        _check_param(self.low < self.high, f"low ({self.low}) must be < high ({self.high})")  # type: ignore[operator]
+        _check_param(not ((self.log or self.type == "loguniform") and self.low <= 0),  # type: ignore[operator]
+                 f"a log range needs low > 0, got {self.low}")
+        _check_param(self.step is None or self.step > 0, f"step must be > 0 or null, got {self.step}")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Hyperparameter search (``jobs/tune.py``): an Optuna study on the driver, trials as Spark tasks.
+
+    ``space`` maps ``train.*`` keys (dotted below ``train``: ``lr``, ``feed.batch_size``) to ranges; each trial
+    trains with them on the local backend, capped by ``epochs``/``limit_rows``/``max_steps_per_epoch``, and is
+    scored by ``train.monitor`` on the val split.
+    """
+
+    study: str | None = None              # study name (resume key); null = tune-<train.task>
+    n_trials: int = 20                    # trials in the study in all; a rerun runs only the missing ones
+    parallelism: int | None = None        # trials per Spark job; null = the executors' task slots
+    sampler: Literal["tpe", "random"] = "tpe"   # seeded from train.seed
+    storage: str | None = None            # Optuna RDB URL; null = sqlite:///<data_dir>/<output_dir>/<study>.db
+    output_dir: str = "tuning"            # <data_dir>/<output_dir>/<study>/ holds best.yaml, trials.json, checkpoints
+    epochs: int | None = None             # per-trial caps; null = train.*
+    limit_rows: int | None = None
+    max_steps_per_epoch: int | None = None
+    space: dict[str, TuneParamConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(self.n_trials >= 1, f"tune.n_trials: must be >= 1, got {self.n_trials}")
+        _require(self.parallelism is None or self.parallelism >= 1, f"tune.parallelism: must be >= 1 or null, got {self.parallelism}")
+        for name in ("epochs", "limit_rows", "max_steps_per_epoch"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"tune.{name}: must be >= 1 or null, got {value}")
+        _require(self.study is None or (bool(self.study) and "/" not in self.study),
+                 f"tune.study: must be a non-empty name without '/', got {self.study!r}")
+        valid = [k for k in train_keys() if k not in UNTUNABLE]
+        for key in self.space:
+            _require(key in valid, f"tune.space.{key}: not a tunable train.* key; use one of {valid}")
+
+
 @dataclass(frozen=True)
 class AppConfig:
     """The whole resolved configuration; built once by ``load_config`` and passed down."""
@@ -392,3 +481,4 @@ class AppConfig:
     stream: StreamConfig = field(default_factory=StreamConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
