@@ -11,7 +11,7 @@ help:
 	@echo "                   score 2000 replayed tweets as a stream"
 	@echo "make test          all tests except gpu (starts a local standalone cluster for 'cluster' tests)"
 	@echo "make test-fast     tests not marked slow, cluster or gpu"
-	@echo "make lint          ruff check lib jobs pipelines tests bench"
+	@echo "make lint          ruff check lib jobs pipelines tests bench notebooks"
 	@echo "make cluster-up    Spark standalone on spark://127.0.0.1:7077 (2 workers x 1 core, 1g), UI :8080"
 	@echo "make cluster-down  stop it; cluster-status shows it"
 	@echo "make clean-data    rm -rf data"
@@ -41,7 +41,7 @@ test-fast:
 	$(PYTEST) -m "not slow and not cluster and not gpu"
 
 lint:
-	$(PY) -m ruff check lib jobs pipelines tests bench
+	$(PY) -m ruff check lib jobs pipelines tests bench notebooks
 
 cluster-up:
 	$(STANDALONE) up --workers 2 --cores 1 --memory 1g
