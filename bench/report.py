@@ -192,6 +192,39 @@ Machine: {m['cpu']}, {m['nproc']} cores, load average at start {m['load_average_
 """
 
 
+def _optimize_section(r: dict) -> str:
+    m, blocks = r["machine"], []
+    for res in r["results"]:
+        lines = []
+        for v in res["variants"]:
+            extra = f"sparsity {v['sparsity']:.2f}" if "sparsity" in v else v.get("quantized_ops", "")
+            lines.append(f"| {v['variant']} | {v['bytes'] / 1e6:,.2f} | {v['gzip_bytes'] / 1e6:,.2f} | "
+                         f"{v['latency_p50_ms_batch1']} | {v['throughput_rows_per_s']:,.1f} | {v['accuracy']:.4f} | "
+                         f"{v['agreement_with_fp32']:.4f} | {v['max_abs_logit_diff']:.3g} | {extra} |")
+        batch = res["variants"][0]["batch_size"]
+        blocks.append(f"""
+### {res['kind']}: {res['model']} on {res['data']}
+
+| variant | MB on disk | MB gzip | p50 ms, batch 1 | rows/s, batch {batch} | accuracy | same class as fp32 | max abs logit diff | notes |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{chr(10).join(lines)}
+""")
+    return f"""
+## Export and optimisation: float vs TorchScript vs ONNX vs int8 vs pruned
+
+Command: `{r['command']}` ({r['measured_at']}, {r['wall_s']} s). One process, {r['threads']} torch and onnxruntime
+intra-op threads, CPU; pruned = global L1 magnitude pruning of {r['prune_amount']:.0%} of Linear/Conv weights, no
+fine-tuning. int8 is dynamic quantization (weights int8, activations quantized per batch): it covers Linear/MatMul
+layers only, so the CNN's convolutions stay float and gain nothing.
+
+{chr(10).join(f"- {name}: {text}" for name, text in r['design'].items())}
+{''.join(blocks)}
+Machine: {m['cpu']}, {m['nproc']} cores, load average at start {m['load_average_at_start']}, at end
+{m.get('load_average_at_end')}; Python {m['python']}, torch {m['torch']} (quantized engine {m['quantized_engine']}),
+onnxruntime {m['onnxruntime']}.
+"""
+
+
 def write_benchmarks_md(results: Path, out: Path) -> None:
     files = [results / f"{name}.json" for name in INGEST_RESULTS if (results / f"{name}.json").exists()]
     body = "".join(_section(json.loads(f.read_text())) for f in files)
@@ -205,4 +238,6 @@ def write_benchmarks_md(results: Path, out: Path) -> None:
         body += _stream_section(json.loads((results / "stream.json").read_text()))
     if (results / "serve.json").exists():
         body += _serve_section(json.loads((results / "serve.json").read_text()))
+    if (results / "optimize.json").exists():
+        body += _optimize_section(json.loads((results / "optimize.json").read_text()))
     out.write_text(HEADER + (body or "\nNo results yet.\n"))

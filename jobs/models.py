@@ -4,6 +4,12 @@
     .venv/bin/python jobs/models.py --pipeline sentiment promote 3
     .venv/bin/python jobs/models.py rollback [--to 2] [--set mlflow.tracking_uri=http://mlflow:5000]
     .venv/bin/python jobs/models.py export-onnx [--source models:/dlspark-fashion-mnist/2] [--as dlspark-fashion-mnist-onnx]
+    .venv/bin/python jobs/models.py --pipeline sentiment export-torchscript [--parity-split test] [--min-agreement 0.99]
+    .venv/bin/python jobs/models.py --name dlspark-fashion-mnist-keras export-tflite [--int8]
+
+Exports are checked for parity (max |logit diff|, class agreement) on every row of --parity-split of train.table
+(resolved against paths.data_dir), as the model's extras/preprocessing.json prepares them; when that table or split
+is missing, on the source's logged input example (a warning says so). Below --min-agreement nothing is registered.
 
 The registered model is mlflow.registered_model of the pipeline's config (--name overrides it); the store is
 mlflow.tracking_uri (null = the embedded sqlite store under paths.data_dir/mlflow). Needs no Spark.
@@ -11,11 +17,13 @@ Exit codes: 0 done, 1 failed (unknown model or version, no earlier champion), 2 
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Any, Sequence
 
 from dlspark.cli import EXIT_FAILED, config_from_args, job_parser, run_job
+from dlspark.models.parity import ParityError
 from dlspark.tracking import TrackingError, list_versions, promote, resolve_tracking, rollback
 
 
@@ -27,9 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("list", help="versions with aliases and promotion metric")
     commands.add_parser("promote", help="make VERSION the champion").add_argument("version")
     commands.add_parser("rollback", help="champion back to the previous one").add_argument("--to", default=None)
-    export = commands.add_parser("export-onnx", help="export an image model to ONNX (parity-checked), register it")
-    export.add_argument("--source", default=None, help="model URI (default models:/<name>@champion)")
-    export.add_argument("--as", dest="export_name", default=None, help="registered name of the export (default <name>-onnx)")
+    for fmt in ("onnx", "torchscript", "tflite"):
+        export = commands.add_parser(f"export-{fmt}", help=f"export the model to {fmt} (parity-checked), register it")
+        export.add_argument("--source", default=None, help="model URI (default models:/<name>@champion)")
+        export.add_argument("--as", dest="export_name", default=None, help=f"registered name (default <name>-{fmt})")
+        export.add_argument("--parity-split", default="test", help="split of train.table to check parity on")
+        export.add_argument("--min-agreement", type=float, default=0.99, help="fewest rows with the same class")
+    commands.choices["export-tflite"].add_argument("--int8", action="store_true", help="dynamic-range int8 (name <name>-tflite-int8)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args, pipeline=args.pipeline)
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
@@ -41,17 +53,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: champion -> version {promote(target, name, args.version)}")
         elif args.command == "rollback":
             print(f"{name}: champion -> version {rollback(target, name, args.to)}")
-        else:
-            from dlspark.models.onnx_export import export_registered_onnx
+        elif args.command == "export-tflite":  # Keras models (train.framework=tensorflow)
+            from dlspark.models.tflite_export import export_tflite_for_config
 
-            result = export_registered_onnx(target, args.source or f"models:/{name}@champion", args.export_name or f"{name}-onnx",
-                                            experiment=cfg.mlflow.experiment)
-            role = "champion" if result.promoted else "candidate"
-            print(f"exported {args.source or name + '@champion'} to ONNX: {result.model_uri} ({role}); parity {result.parity}")
-    except TrackingError as exc:
+            print(export_tflite_for_config(target, cfg, name, source=args.source, export_name=args.export_name,
+                                           parity_split=args.parity_split, min_agreement=args.min_agreement, int8=args.int8))
+        else:
+            print(run_export(args, cfg, target, name))
+    except (TrackingError, ParityError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def run_export(args: argparse.Namespace, cfg: Any, target: Any, name: str) -> str:
+    """Run export-onnx / export-torchscript; the line to print."""
+    from dlspark.models.onnx_export import export_registered_onnx
+    from dlspark.models.parity import SplitSource
+    from dlspark.models.torchscript_export import export_registered_torchscript
+    from dlspark.paths import resolve_path
+
+    fmt = args.command.removeprefix("export-")
+    run = export_registered_onnx if fmt == "onnx" else export_registered_torchscript
+    split = SplitSource(resolve_path(cfg.paths.data_dir, cfg.train.table), cfg.train.table_format, args.parity_split)
+    source = args.source or f"models:/{name}@champion"
+    result = run(target, source, args.export_name or f"{name}-{fmt}", parity_split=split,
+                 experiment=cfg.mlflow.experiment, min_agreement=args.min_agreement)
+    role = "champion" if result.promoted else "candidate"
+    return f"exported {source} to {fmt}: {result.model_uri} ({role}); parity {result.parity}"
 
 
 def format_versions(name: str, versions: list) -> str:

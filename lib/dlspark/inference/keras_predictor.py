@@ -53,6 +53,19 @@ class KerasPredictor:
                          "(the registered torch sentiment model) instead")
 
 
+class TFLitePredictor(KerasPredictor):
+    """Predictor over a ``.tflite`` export (the ``python_function`` model that ``jobs/models.py export-tflite``
+    registers): the same NHWC normalisation as the Keras model it came from, run by LiteRT."""
+
+    def __init__(self, model_dir: str, threads: int | None = None) -> None:
+        from dlspark.models.tflite import ARTIFACT, TFLiteRunner
+
+        self.model_dir = Path(model_dir)
+        artifact = mlmodel_flavors(self.model_dir)["python_function"]["artifacts"][ARTIFACT]["path"]
+        runner = TFLiteRunner(self.model_dir / artifact, threads=threads)
+        self._call, self.image_shape = runner, runner.image_shape
+
+
 def load_keras_call(model_dir: Path) -> tuple[ModelCall, tuple[Any, ...]]:
     """(inference call, model input ``(H, W, C)`` with None for free sizes) of an MLflow keras/tensorflow model.
 

@@ -1,7 +1,8 @@
-"""Batch inference with an ONNX image model (MLflow ``onnx`` flavor) on onnxruntime.
+"""Batch inference with an ONNX model (MLflow ``onnx`` flavor) on onnxruntime.
 
-The model is what :func:`dlspark.models.onnx_export.log_onnx_model` logs: float32 ``[B, C, H, W]`` in,
-logits ``[B, classes]`` out. CPU by default; the CUDA provider when onnxruntime has one.
+The model is what :func:`dlspark.models.onnx_export.log_onnx_model` logs: float32 ``[B, C, H, W]`` images or
+int64 ``[B, 2, L]`` tokens (ids, attention mask) in, logits ``[B, classes]`` out. CPU by default; the CUDA
+provider when onnxruntime has one.
 """
 from __future__ import annotations
 
@@ -42,13 +43,15 @@ class OnnxPredictor:
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=providers)
         self.input = self.session.get_inputs()[0]
-        if len(self.input.shape) != 4:
-            raise ValueError(f"{self.onnx_path} takes input {self.input.name!r} of shape {self.input.shape}, not "
-                             "[B, C, H, W] images; ONNX export covers image models")
+        if len(self.input.shape) not in (3, 4):
+            raise ValueError(f"{self.onnx_path} takes input {self.input.name!r} of shape {self.input.shape}, neither "
+                             "[B, C, H, W] images nor [B, 2, L] tokens; export it with dlspark.models.onnx_export")
         log.info("ONNX model %s on %s", self.onnx_path, self.session.get_providers())
 
     def predict_images(self, pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
         """uint8 ``[n, H, W, C]`` -> float32 class probabilities ``[n, classes]``."""
+        if len(self.input.shape) != 4:
+            raise ValueError(f"{self.onnx_path} is a text model ([B, 2, L] tokens); score token ids with predict_tokens")
         _, c, h, w = self.input.shape  # ints, or names for dynamic axes
         check_pixels(pixels, mean, std, (h, w, c))
         x = normalize_images(pixels, tuple(mean), tuple(std), channels_last=False)  # (n, C, H, W)
@@ -56,8 +59,12 @@ class OnnxPredictor:
         return softmax(logits)
 
     def predict_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        raise ValueError("ONNX export covers image models only; score text with the pytorch flavor "
-                         "(the registered torch model) instead")
+        """int ``[n, L]`` ids and mask -> float32 class probabilities ``[n, classes]``."""
+        if len(self.input.shape) != 3:
+            raise ValueError(f"{self.onnx_path} takes [B, C, H, W] images, not tokens: exports of image models only "
+                             "score images (predict_images); export the text model to ONNX to score tokens")
+        stacked = np.stack([input_ids, attention_mask], axis=1).astype(np.int64, copy=False)
+        return softmax(self.session.run(None, {self.input.name: stacked})[0])
 
 
 def onnx_file(model_dir: str | Path) -> Path:

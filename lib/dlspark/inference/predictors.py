@@ -68,7 +68,11 @@ def load_predictor(model_dir: str, flavor: str, *, device: str = "cpu", threads:
         from dlspark.inference.keras_predictor import KerasPredictor
 
         return KerasPredictor(model_dir, threads=threads)
-    raise ValueError(f"no predictor for flavor {flavor!r}; batch inference runs pytorch, onnx and keras models")
+    if flavor == "tflite":
+        from dlspark.inference.keras_predictor import TFLitePredictor
+
+        return TFLitePredictor(model_dir, threads=threads)
+    raise ValueError(f"no predictor for flavor {flavor!r}; batch inference runs pytorch, onnx, keras and tflite models")
 
 
 class TorchPredictor:
@@ -131,8 +135,11 @@ def load_torch_module(model_dir: str) -> Any:
     loaded into it (same names, strict), so sub-batches can be cut to their longest row.
     """
     import mlflow.pytorch
+    import torch
 
     loaded = mlflow.pytorch.load_model(model_dir, map_location="cpu")
+    if isinstance(loaded, torch.jit.ScriptModule):  # a TorchScript export: already takes any batch and length
+        return loaded
     spec_path = Path(model_dir) / "extras" / "model_spec.json"
     if not hasattr(loaded, "graph") or not spec_path.is_file():  # eager (pickled) module, or nothing to rebuild from
         return loaded

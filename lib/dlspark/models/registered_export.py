@@ -1,0 +1,228 @@
+"""Export a registered pytorch model to another format, check it, register it: the flow ONNX and TorchScript share.
+
+The source version (aliases resolved once, so a moving alias cannot split the export) and its ``extras/`` are
+downloaded, rebuilt as an eager module, exported, checked for parity (on the training table's test split when
+one is given and exists, else on the source's logged input example), logged with the parity metrics in a new
+run, and registered with :func:`register_and_promote` under the source version's promotion metric. The new
+version's tag ``dlspark.source_model`` names the source version, which makes reruns idempotent; ``dlspark.format``
+names the format. Each format is an :class:`Exporter` (see ``onnx_export`` and ``torchscript_export``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import numpy as np
+
+from dlspark.models.parity import (
+    ParityReport,
+    SplitSource,
+    accuracy,
+    batched_logits,
+    compare_logits,
+    read_split,
+)
+from dlspark.tracking.model_logging import EXTRAS_DIR, ExtraArtifact
+from dlspark.tracking.registry import METRIC_NAME_TAG, METRIC_VALUE_TAG, register_and_promote
+from dlspark.tracking.target import TrackingError, TrackingTarget, start_run
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
+log = logging.getLogger(__name__)
+
+SOURCE_TAG = "dlspark.source_model"
+FORMAT_TAG = "dlspark.format"  # onnx | torchscript (the MLmodel flavor alone does not tell TorchScript from eager)
+Logits = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """One export format: how to write it, run it and log it."""
+
+    flavor: str                                                   # "onnx" | "torchscript": metric prefix
+    export: Callable[[Any, np.ndarray, Path], Path]               # (eager module, trace example, file) -> file
+    runner: Callable[[Path], Logits]                              # exported file -> inputs-to-logits function
+    log_model: Callable[[Path, np.ndarray, Mapping[str, ExtraArtifact]], "ModelInfo"]
+    suffix: str = ".bin"                                          # the exported file's extension
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Outcome of :func:`export_registered`."""
+
+    model_uri: str       # models:/<registered_name>/<version>
+    version: str
+    promoted: bool       # whether the new version became champion
+    run_id: str
+    parity: ParityReport
+
+
+def export_registered(
+    target: TrackingTarget, source_uri: str, registered_name: str, exporter: Exporter, *,
+    inputs: np.ndarray | None = None, parity_split: SplitSource | None = None, experiment: str = "dlspark",
+    min_agreement: float = 0.99,
+) -> ExportResult:
+    """Export the registered pytorch model ``source_uri`` with ``exporter``; register it as ``registered_name``.
+
+    Parameters
+    ----------
+    inputs
+        Rows in the servable model's input form to check parity on (overrides ``parity_split``).
+    parity_split
+        The table split to check parity on, every row of it; when the table or split is missing, the source's
+        logged input example is used instead (logged as a warning; the run's ``parity_data`` param says which).
+    min_agreement
+        Fewest rows, as a fraction, that must get the source's class; below it nothing is registered.
+
+    Raises
+    ------
+    TrackingError
+        When the source is not a registered version with a promotion metric, or there are no rows to check.
+    dlspark.models.parity.ParityError
+        When the export disagrees with the source (the run is then marked FAILED and nothing is registered).
+    """
+    import mlflow
+
+    from dlspark.inference.predictors import load_torch_module
+
+    pinned, metric_name, metric_value = resolve_source(target, source_uri)
+    done = existing_export(target, registered_name, pinned, exporter.flavor)
+    if done is not None:
+        log.info("%s was already exported to %s as %s", pinned, exporter.flavor, done.model_uri)
+        return done
+    flavor = exporter.flavor
+    with start_run(target, experiment, f"{flavor}-export {pinned}", tags={SOURCE_TAG: pinned}) as run, \
+            tempfile.TemporaryDirectory(prefix=f"dlspark-{flavor}-") as tmp:
+        # start_run points the fluent API (models:/ resolution included) at target
+        source_dir = Path(mlflow.artifacts.download_artifacts(pinned, dst_path=str(Path(tmp) / "source")))
+        model = load_torch_module(str(source_dir))  # eager when extras/model_spec.json says how to build it
+        rows, labels, described = parity_rows(source_dir, source_uri, inputs, parity_split)
+        path = exporter.export(model, trace_example(rows), Path(tmp) / f"model{exporter.suffix}")
+        expected = batched_logits(torch_logits(model), rows)
+        got = batched_logits(exporter.runner(path), rows)
+        parity = compare_logits(expected, got, min_agreement=min_agreement, what=f"{flavor} export {path.name}")
+        mlflow.log_param("parity_data", described)
+        mlflow.log_metrics({f"{flavor}_max_abs_diff": parity.max_abs_diff, f"{flavor}_agreement": parity.agreement,
+                            f"{flavor}_parity_rows": parity.rows, **_accuracies(flavor, expected, got, labels)})
+        exporter.log_model(path, rows[:4], extras_in(source_dir))
+    result = register_and_promote(target, registered_name, run.info.run_id, "model", metric_name, metric_value)
+    for key, value in ((SOURCE_TAG, pinned), (FORMAT_TAG, flavor)):
+        target.client().set_model_version_tag(registered_name, result.version, key, value)
+    log.info("registered %s export of %s as %s version %s (parity on %s: %s)", flavor, pinned, registered_name,
+             result.version, described, parity)
+    return ExportResult(f"models:/{registered_name}/{result.version}", result.version, result.promoted,
+                        run.info.run_id, parity)
+
+
+def existing_export(target: TrackingTarget, registered_name: str, pinned: str, flavor: str = "onnx") -> ExportResult | None:
+    """The version of ``registered_name`` already exported from ``pinned`` (reruns register nothing new), if any."""
+    client = target.client()
+    try:
+        versions = client.search_model_versions(f"name='{registered_name}'")
+    except Exception:  # noqa: BLE001 - no such registered model yet
+        return None
+    for mv in versions:
+        if (mv.tags or {}).get(SOURCE_TAG) == pinned:
+            metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+            parity = ParityReport(rows=int(metrics.get(f"{flavor}_parity_rows", 0)),
+                                  max_abs_diff=float(metrics.get(f"{flavor}_max_abs_diff", float("nan"))),
+                                  agreement=float(metrics.get(f"{flavor}_agreement", float("nan"))))
+            champion = client.get_registered_model(registered_name).aliases.get("champion")
+            return ExportResult(f"models:/{registered_name}/{mv.version}", str(mv.version),
+                                str(champion) == str(mv.version), mv.run_id or "", parity)
+    return None
+
+
+def parity_rows(source_dir: Path, source_uri: str, inputs: np.ndarray | None,
+                split: SplitSource | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(rows, labels (-1: unknown), description) to check parity on: ``inputs``, else ``split``, else the example."""
+    from dlspark.delta_log import TableError
+    from dlspark.feed.spec import FeedError
+
+    if inputs is not None:
+        return inputs, np.full(len(inputs), -1, np.int64), f"given inputs ({len(inputs)} rows)"
+    if split is not None:
+        try:
+            data = read_split(split, read_extra_json(source_dir, "preprocessing.json"))
+            return data.inputs, data.labels, data.description
+        except (FeedError, TableError, FileNotFoundError) as exc:
+            log.warning("no %s split to check parity on (%s); checking the logged input example instead",
+                        split.split, exc)
+    example = logged_example(source_dir, source_uri)
+    return example, np.full(len(example), -1, np.int64), f"the logged input example ({len(example)} rows)"
+
+
+def trace_example(rows: np.ndarray, n: int = 4) -> np.ndarray:
+    """A few rows to trace with. Text gets one more row, the longest one with its second half made padding
+    (mask 0), so that a tracer never sees an all-ones mask only (transformers may then drop the mask)."""
+    x = np.ascontiguousarray(rows[:n])
+    if x.ndim != 3 or x.shape[2] < 2:
+        return x
+    longest = int(np.argmax((rows[:, 1] != 0).sum(axis=1)))
+    padded = rows[longest:longest + 1].copy()
+    padded[:, :, x.shape[2] // 2:] = 0
+    return np.concatenate([x, padded])
+
+
+def torch_logits(model: Any) -> Logits:
+    """``inputs -> logits`` of a torch module on CPU, without autograd."""
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).float().numpy()
+
+    return run
+
+
+def resolve_source(target: TrackingTarget, source_uri: str) -> tuple[str, str, float]:
+    """(``models:/<name>/<version>``, metric name, metric value) of the registered version ``source_uri`` names."""
+    from dlspark.inference.model import ModelResolutionError, resolve_model
+
+    try:
+        ref = resolve_model(target, source_uri)
+    except ModelResolutionError as exc:
+        raise TrackingError(str(exc)) from exc
+    if ref.name is None or ref.version is None:
+        raise TrackingError(f"source {source_uri!r} is not a registered model version; "
+                            "pass models:/<name>@<alias> or models:/<name>/<version>")
+    tags = target.client().get_model_version(ref.name, ref.version).tags or {}
+    if METRIC_NAME_TAG not in tags or METRIC_VALUE_TAG not in tags:
+        raise TrackingError(f"{source_uri} (version {ref.version}) has no {METRIC_NAME_TAG}/{METRIC_VALUE_TAG} tags "
+                            "to register the export by; register the source with register_and_promote")
+    return ref.uri, tags[METRIC_NAME_TAG], float(tags[METRIC_VALUE_TAG])
+
+
+def logged_example(model_dir: Path, source_uri: str) -> np.ndarray:
+    """The input example logged with the model (float32 images or int64 stacked tokens)."""
+    from mlflow.models import Model
+
+    example = Model.load(str(model_dir)).load_input_example(str(model_dir))
+    if example is None:
+        raise TrackingError(f"{source_uri} was logged without an input example; pass inputs= (a batch as the "
+                            "model takes it) or a parity split to check the export against")
+    array = np.asarray(example)
+    return np.ascontiguousarray(array, np.int64 if array.ndim == 3 else np.float32)
+
+
+def read_extra_json(model_dir: Path, name: str) -> dict:
+    path = Path(model_dir) / EXTRAS_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; log the model with its extras (dlspark.tracking.log_torch_model)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def extras_in(model_dir: Path) -> dict[str, ExtraArtifact]:
+    """``{file name: path}`` of the files under ``<model_dir>/extras/``."""
+    folder = model_dir / EXTRAS_DIR
+    return {f.name: f for f in sorted(folder.iterdir()) if f.is_file()} if folder.is_dir() else {}
+
+
+def _accuracies(flavor: str, expected: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    source, export = accuracy(expected, labels), accuracy(got, labels)
+    return {} if source is None or export is None else {"source_accuracy": source, f"{flavor}_accuracy": export}

@@ -1,0 +1,270 @@
+"""TFLite conversion of a registered Keras image model: convert, check against the SavedModel, log, register.
+
+The source is what :func:`dlspark.tracking.log_keras_model` logs: a TF SavedModel (float32 NHWC
+``[B, H, W, C]`` -> logits ``[B, classes]``). It is converted with ``tf.lite.TFLiteConverter.from_saved_model``
+as float32 (``fp32``) or with dynamic-range quantization (``dynamic_int8``: int8 weights, float activations),
+and run with the LiteRT interpreter (``ai_edge_litert`` when installed, else ``tf.lite.Interpreter``), the batch
+axis resized per call. MLflow has no TFLite flavor, so the ``.tflite`` file is logged as a ``python_function``
+model (:class:`TFLitePyfunc`, which needs ``dlspark`` importable where it loads) with the source's ``extras/``::
+
+    export_registered_tflite(target, "models:/dlspark-fashion-mnist-keras@champion",
+                             "dlspark-fashion-mnist-keras-tflite", quantization="fp32")
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import mlflow.pyfunc
+import numpy as np
+
+from dlspark.models.parity import (
+    ParityError,
+    ParityReport,
+    SplitSource,
+    accuracy,
+    batched_logits,
+    compare_logits,
+    read_split,
+)
+from dlspark.models.registered_export import SOURCE_TAG, extras_in, read_extra_json, resolve_source
+from dlspark.models.tflite import (
+    ARTIFACT,
+    QUANTIZATIONS,
+    TFLiteError,
+    TFLitePyfunc,
+    TFLiteRunner,
+    check_batch,
+    convert_saved_model,
+)
+from dlspark.tracking.model_logging import EXTRAS_DIR, ExtraArtifact, _pinned, log_extras
+from dlspark.tracking.registry import register_and_promote
+from dlspark.tracking.target import TrackingError, TrackingTarget, start_run
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
+log = logging.getLogger(__name__)
+
+FORMAT_TAG, QUANTIZATION_TAG = "dlspark.format", "dlspark.quantization"
+
+__all__ = ["ParityError", "ParityReport", "TFLiteError", "TFLiteExportResult", "TFLitePyfunc", "TFLiteRunner",
+           "check_parity", "convert_saved_model", "export_registered_tflite", "export_tflite_for_config",
+           "log_tflite_model"]
+
+
+@dataclass(frozen=True)
+class TFLiteExportResult:
+    """Outcome of :func:`export_registered_tflite`."""
+
+    model_uri: str       # models:/<registered_name>/<version>
+    version: str
+    promoted: bool       # whether the new version became champion
+    run_id: str
+    quantization: str
+    size_bytes: int
+    parity: ParityReport
+
+
+def check_parity(
+    reference: Callable[[np.ndarray], Any], runner: TFLiteRunner, inputs: np.ndarray, *,
+    min_agreement: float = 0.99, batch_size: int = 256,
+) -> ParityReport:
+    """Run ``inputs`` through the reference (e.g. the SavedModel's ``serve``) and the TFLite model and compare.
+
+    Raises
+    ------
+    ParityError
+        When fewer than ``min_agreement`` of the rows get the same predicted class from both.
+    """
+    x = check_batch(inputs, runner.image_shape, "check_parity inputs")
+    expected = batched_logits(lambda b: np.asarray(reference(b), np.float32), x, batch_size)
+    return compare_logits(expected, batched_logits(runner, x, batch_size), min_agreement=min_agreement,
+                          what=f"TFLite model {runner.path.name}")
+
+
+def log_tflite_model(
+    tflite_path: str | Path, input_example: np.ndarray, artifacts: Mapping[str, ExtraArtifact] | None = None, *,
+    name: str = "model",
+) -> ModelInfo:
+    """Log the ``.tflite`` file as a :class:`TFLitePyfunc` model to the active run, plus ``extras/`` files.
+
+    ``input_example`` (float32 NHWC, a few rows) and the model's output on it give the signature;
+    ``artifacts`` are files for ``<model>/extras/`` as :func:`dlspark.tracking.log_keras_model` takes them.
+    """
+    runner = TFLiteRunner(tflite_path)
+    example = check_batch(input_example, runner.image_shape, "input_example")
+    signature = mlflow.models.infer_signature(example, runner(example))
+    with tempfile.TemporaryDirectory(prefix="dlspark-tflite-code-") as tmp:
+        code = Path(tmp) / "tflite_model.py"  # MLflow "models from code": an import, not a pickled object
+        code.write_text(_MODEL_CODE, encoding="utf-8")
+        info = mlflow.pyfunc.log_model(name=name, python_model=str(code), artifacts={ARTIFACT: str(tflite_path)},
+                                       signature=signature, input_example=example,
+                                       pip_requirements=_pinned("tensorflow-cpu", "numpy", "mlflow"))
+    log_extras(info.model_id, artifacts or {})
+    return info
+
+
+_MODEL_CODE = """import mlflow.models
+
+from dlspark.models.tflite import TFLitePyfunc
+
+mlflow.models.set_model(TFLitePyfunc())
+"""
+
+
+def export_registered_tflite(
+    target: TrackingTarget, source_uri: str, registered_name: str, *, quantization: str = "fp32",
+    inputs: np.ndarray | None = None, parity_split: SplitSource | None = None, experiment: str = "dlspark",
+    min_agreement: float = 0.99,
+) -> TFLiteExportResult:
+    """Convert a registered Keras image model to TFLite and register it as a new version of ``registered_name``.
+
+    As :func:`dlspark.models.registered_export.export_registered` does for torch: the source version is pinned,
+    downloaded, converted, checked for parity against its SavedModel on ``inputs``, else every row of
+    ``parity_split`` (NHWC, normalised as its ``extras/preprocessing.json`` says), else its
+    ``extras/input_example.json``; logged with parity metrics (accuracies too when the rows have labels) and the
+    file size in a new run of ``experiment``, and registered under the source's promotion metric. Version tags:
+    ``dlspark.source_model`` (the pinned source), ``dlspark.format=tflite``, ``dlspark.quantization``. A rerun
+    for the same source and quantization returns the existing version.
+
+    Raises
+    ------
+    TrackingError
+        When the source is not a registered version with a promotion metric, is not a Keras SavedModel, or
+        there are no rows to check.
+    ParityError
+        As :func:`check_parity` (the run is then marked FAILED and nothing is registered).
+    """
+    import mlflow
+
+    from dlspark.inference.keras_predictor import load_keras_call
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)}, got {quantization!r}")
+    pinned, metric_name, metric_value = resolve_source(target, source_uri)
+    done = existing_tflite_export(target, registered_name, pinned, quantization)
+    if done is not None:
+        log.info("%s was already converted to TFLite %s as %s", pinned, quantization, done.model_uri)
+        return done
+    tags = {SOURCE_TAG: pinned, FORMAT_TAG: "tflite", QUANTIZATION_TAG: quantization}
+    with start_run(target, experiment, f"tflite-export {pinned} {quantization}", tags=tags) as run, \
+            tempfile.TemporaryDirectory(prefix="dlspark-tflite-") as tmp:
+        source_dir = Path(mlflow.artifacts.download_artifacts(pinned, dst_path=str(Path(tmp) / "source")))
+        saved_model = keras_saved_model_dir(source_dir, source_uri)
+        reference, _ = load_keras_call(source_dir)
+        path = convert_saved_model(saved_model, Path(tmp) / "model.tflite", quantization=quantization)
+        rows, labels, described = _parity_rows(source_dir, source_uri, inputs, parity_split)
+        runner = TFLiteRunner(path)
+        x = check_batch(rows, runner.image_shape, f"parity rows ({described})")
+        expected = batched_logits(lambda b: np.asarray(reference(b), np.float32), x)
+        got = batched_logits(runner, x)
+        parity = compare_logits(expected, got, min_agreement=min_agreement, what=f"TFLite {quantization} model")
+        size = path.stat().st_size
+        mlflow.log_param("parity_data", described)
+        mlflow.log_metrics({"tflite_max_abs_diff": parity.max_abs_diff, "tflite_agreement": parity.agreement,
+                            "tflite_parity_rows": parity.rows, "tflite_size_bytes": size,
+                            **_accuracies(expected, got, labels)})
+        log_tflite_model(path, x[:4], extras_in(source_dir))
+    result = register_and_promote(target, registered_name, run.info.run_id, "model", metric_name, metric_value)
+    client = target.client()
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, result.version, key, value)
+    log.info("registered TFLite %s of %s as %s version %s (%d bytes; parity on %s: %s)", quantization, pinned,
+             registered_name, result.version, size, described, parity)
+    return TFLiteExportResult(f"models:/{registered_name}/{result.version}", result.version, result.promoted,
+                              run.info.run_id, quantization, size, parity)
+
+
+def export_tflite_for_config(
+    target: TrackingTarget, cfg: Any, name: str, *, source: str | None = None, export_name: str | None = None,
+    parity_split: str = "test", min_agreement: float = 0.99, int8: bool = False,
+) -> str:
+    """``jobs/models.py export-tflite``: convert ``source`` (default ``models:/<name>@champion``), checked on
+    ``parity_split`` of ``cfg.train.table``, and register it as ``export_name`` (default ``<name>-tflite``, or
+    ``<name>-tflite-int8`` with ``int8``: dynamic-range quantization); returns the line to print."""
+    from dlspark.paths import resolve_path
+
+    source = source or f"models:/{name}@champion"
+    split = SplitSource(resolve_path(cfg.paths.data_dir, cfg.train.table), cfg.train.table_format, parity_split)
+    result = export_registered_tflite(target, source, export_name or f"{name}-tflite{'-int8' if int8 else ''}",
+                                      quantization="dynamic_int8" if int8 else "fp32", parity_split=split,
+                                      experiment=cfg.mlflow.experiment, min_agreement=min_agreement)
+    role = "champion" if result.promoted else "candidate"
+    return (f"exported {source} to TFLite {result.quantization}: {result.model_uri} ({role}), "
+            f"{result.size_bytes} bytes; parity {result.parity}")
+
+
+def existing_tflite_export(
+    target: TrackingTarget, registered_name: str, pinned: str, quantization: str,
+) -> TFLiteExportResult | None:
+    """The version of ``registered_name`` already converted from ``pinned`` with ``quantization``, if any."""
+    client = target.client()
+    try:
+        versions = client.search_model_versions(f"name='{registered_name}'")
+    except Exception:  # noqa: BLE001 - no such registered model yet
+        return None
+    for mv in versions:
+        tags = mv.tags or {}
+        if tags.get(SOURCE_TAG) == pinned and tags.get(QUANTIZATION_TAG) == quantization:
+            m = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+            parity = ParityReport(int(m.get("tflite_parity_rows", 0)), float(m.get("tflite_max_abs_diff", float("nan"))),
+                                  float(m.get("tflite_agreement", float("nan"))))
+            champion = client.get_registered_model(registered_name).aliases.get("champion")
+            return TFLiteExportResult(f"models:/{registered_name}/{mv.version}", str(mv.version),
+                                      str(champion) == str(mv.version), mv.run_id or "", quantization,
+                                      int(m.get("tflite_size_bytes", 0)), parity)
+    return None
+
+
+def keras_saved_model_dir(model_dir: Path, source_uri: str) -> Path:
+    """The SavedModel folder of a downloaded ``mlflow.keras`` model logged with ``save_exported_model``.
+
+    Raises
+    ------
+    TrackingError
+        When the model (``source_uri``, for the message) is not one.
+    """
+    from dlspark.inference.model import mlmodel_flavors
+
+    conf = mlmodel_flavors(model_dir).get("keras")
+    if not conf or not conf.get("save_exported_model"):
+        raise TrackingError(f"{source_uri} is not a Keras model exported as a SavedModel (MLmodel flavors: "
+                            f"{sorted(mlmodel_flavors(model_dir))}); log it with dlspark.tracking.log_keras_model")
+    return model_dir / conf.get("data", "data") / "model"
+
+
+def _parity_rows(source_dir: Path, source_uri: str, inputs: np.ndarray | None,
+                 split: SplitSource | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(NHWC rows, labels (-1: unknown), description): ``inputs``, else ``split``, else the logged example."""
+    from dlspark.delta_log import TableError
+    from dlspark.feed.spec import FeedError
+
+    if inputs is not None:
+        return inputs, np.full(len(inputs), -1, np.int64), f"given inputs ({len(inputs)} rows)"
+    if split is not None:
+        try:
+            data = read_split(split, read_extra_json(source_dir, "preprocessing.json"))  # NCHW, as torch takes it
+            return np.ascontiguousarray(data.inputs.transpose(0, 2, 3, 1)), data.labels, data.description
+        except (FeedError, TableError, FileNotFoundError) as exc:
+            log.warning("no %s split to check parity on (%s); checking the logged input example instead",
+                        split.split, exc)
+    example = _keras_example(source_dir, source_uri)
+    return example, np.full(len(example), -1, np.int64), f"the logged input example ({len(example)} rows)"
+
+
+def _accuracies(expected: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    source, export = accuracy(expected, labels), accuracy(got, labels)
+    return {} if source is None or export is None else {"source_accuracy": source, "tflite_accuracy": export}
+
+
+def _keras_example(model_dir: Path, source_uri: str) -> np.ndarray:
+    path = model_dir / EXTRAS_DIR / "input_example.json"
+    if not path.is_file():
+        raise TrackingError(f"{source_uri} has no {EXTRAS_DIR}/input_example.json (log_keras_model writes it); pass "
+                            "inputs= (a float32 [B, H, W, C] batch) or a parity split to check the TFLite model on")
+    return np.asarray(json.loads(path.read_text(encoding="utf-8")), np.float32)
