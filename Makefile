@@ -8,7 +8,7 @@ STANDALONE := $(PY) -m dlspark.spark.standalone
 help:
 	@echo "make setup         create .venv with dlspark and its extras (./setup.sh)"
 	@echo "make demo          prepare data, ingest images + text, train + register both models, score both test splits,"
-	@echo "                   score 2000 replayed tweets as a stream"
+	@echo "                   export both to ONNX (image also TorchScript), score 2000 replayed tweets as a stream"
 	@echo "make test          all tests except gpu (starts a local standalone cluster for 'cluster' tests)"
 	@echo "make test-fast     tests not marked slow, cluster or gpu"
 	@echo "make lint          ruff check lib jobs pipelines tests bench notebooks"
@@ -28,6 +28,8 @@ demo: setup
 	./spark-submit.sh jobs/batch_inference.py --pipeline image_classification --set inference.split=test --max-accuracy-gap 0.002
 	./spark-submit.sh jobs/batch_inference.py --pipeline sentiment --set inference.split=test --max-accuracy-gap 0.002
 	$(PY) jobs/models.py export-onnx
+	$(PY) jobs/models.py --pipeline sentiment export-onnx
+	$(PY) jobs/models.py export-torchscript
 	./spark-submit.sh jobs/batch_inference.py --pipeline image_classification --set inference.split=test \
 		--set inference.model=dlspark-fashion-mnist-onnx --max-accuracy-gap 0.002
 	test -e data/landing/stream/demo-000000.jsonl || \

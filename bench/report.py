@@ -32,10 +32,42 @@ Command: `.venv/bin/python {r['command']}` ({r['measured_at']})
 | bare x {m['spark_cores']} cores (baseline) | {r['bare_scaled']} | |
 | dlspark pipeline, local[{cores}], {r['items']} items, {r['ours_wall_s']} s | {r['ours_rate']} | {r['peak_rss_mib']['ours']} MiB |
 | **ratio ours / baseline** | **{r['ratio']}** (target {r['target']}: {verdict}) | |
-
+{_ceiling(r)}
 Stages: {stages}. Counts: {r['counts']}.
 Machine: {m['cpu']}, {m['nproc']} cores; Python {m['python']}, pyspark {m['pyspark']}, pyarrow {m['pyarrow']},
 Pillow {m['pillow']}, transformers {m['transformers']}.
+"""
+
+
+def _ceiling(r: dict) -> str:
+    """The no-Spark ceiling row (bare loop + sha256 + Parquet write of the output), when the run measured it."""
+    if "bare_written_rate" not in r:
+        return ""
+    return (f"\nCeiling, not a baseline: the bare loop plus the work any ingest must add per image (sha256 of the file, "
+            f"Parquet write of the pixels), in one process without Spark, reaches {r['bare_written_rate']} images/s = "
+            f"**{r['bare_written_ratio']}** of the bare loop on the same {r['bare_items']} files.\n")
+
+
+def _tflite_section(r: dict) -> str:
+    res, m = r["result"], r["machine"]
+    rows = "\n".join(
+        f"| {v['variant']} | {v['bytes'] / 1e6:,.2f} | {v['gzip_bytes'] / 1e6:,.2f} | {v['latency_p50_ms_batch1']} / "
+        f"{v['latency_p95_ms_batch1']} | {v['throughput_rows_per_s']:,.1f} | {v['accuracy']:.4f} | "
+        f"{v['agreement_with_savedmodel']:.4f} | {v['max_abs_logit_diff']:.3g} |" for v in res["variants"])
+    note = f" {r['note'][:1].upper()}{r['note'][1:]}." if r.get("note") else ""
+    batch = res["variants"][0]["batch_size"]
+    return f"""
+## Keras: SavedModel vs TFLite fp32 vs TFLite dynamic int8
+
+Command: `{r['command']}` ({r['measured_at']}, {r['wall_s']} s). Model {res['model_uri']} (the Keras CNN), {res['data']};
+{r['threads']} threads, CPU, {m['interpreter']}. SavedModel size = tar of its folder.{note}
+
+| variant | MB | MB gzip | p50 / p95 ms, batch 1 | rows/s, batch {batch} | accuracy | same class as SavedModel | max abs logit diff |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{rows}
+
+Machine: {m['cpu']}, {m['nproc']} cores, load average at start {m['load_average_at_start']}; Python {m['python']},
+tensorflow {m['tensorflow']}.
 """
 
 
@@ -240,4 +272,6 @@ def write_benchmarks_md(results: Path, out: Path) -> None:
         body += _serve_section(json.loads((results / "serve.json").read_text()))
     if (results / "optimize.json").exists():
         body += _optimize_section(json.loads((results / "optimize.json").read_text()))
+    if (results / "tflite.json").exists():
+        body += _tflite_section(json.loads((results / "tflite.json").read_text()))
     out.write_text(HEADER + (body or "\nNo results yet.\n"))
