@@ -138,9 +138,13 @@ def existing_export(target: TrackingTarget, registered_name: str, pinned: str, f
     return None
 
 
-def parity_rows(source_dir: Path, source_uri: str, inputs: np.ndarray | None,
-                split: SplitSource | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """(rows, labels (-1: unknown), description) to check parity on: ``inputs``, else ``split``, else the example."""
+def parity_rows(source_dir: Path, source_uri: str, inputs: np.ndarray | None, split: SplitSource | None, *,
+                channels_last: bool = False,
+                example: Callable[[Path, str], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(rows, labels (-1: unknown), description) to check parity on: ``inputs``, else ``split``, else the example.
+
+    ``channels_last`` lays split images out NHWC (Keras) instead of NCHW; ``example`` reads the logged example
+    (default :func:`logged_example`, the MLflow input example)."""
     from dlspark.delta_log import TableError
     from dlspark.feed.spec import FeedError
 
@@ -148,13 +152,14 @@ def parity_rows(source_dir: Path, source_uri: str, inputs: np.ndarray | None,
         return inputs, np.full(len(inputs), -1, np.int64), f"given inputs ({len(inputs)} rows)"
     if split is not None:
         try:
-            data = read_split(split, read_extra_json(source_dir, "preprocessing.json"))
-            return data.inputs, data.labels, data.description
+            data = read_split(split, read_extra_json(source_dir, "preprocessing.json"))  # images NCHW
+            rows = np.ascontiguousarray(data.inputs.transpose(0, 2, 3, 1)) if channels_last else data.inputs
+            return rows, data.labels, data.description
         except (FeedError, TableError, FileNotFoundError) as exc:
             log.warning("no %s split to check parity on (%s); checking the logged input example instead",
                         split.split, exc)
-    example = logged_example(source_dir, source_uri)
-    return example, np.full(len(example), -1, np.int64), f"the logged input example ({len(example)} rows)"
+    rows = (example or logged_example)(source_dir, source_uri)
+    return rows, np.full(len(rows), -1, np.int64), f"the logged input example ({len(rows)} rows)"
 
 
 def trace_example(rows: np.ndarray, n: int = 4) -> np.ndarray:

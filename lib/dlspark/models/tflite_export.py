@@ -29,9 +29,8 @@ from dlspark.models.parity import (
     accuracy,
     batched_logits,
     compare_logits,
-    read_split,
 )
-from dlspark.models.registered_export import SOURCE_TAG, extras_in, read_extra_json, resolve_source
+from dlspark.models.registered_export import SOURCE_TAG, extras_in, parity_rows, resolve_source
 from dlspark.models.tflite import (
     ARTIFACT,
     QUANTIZATIONS,
@@ -241,20 +240,7 @@ def keras_saved_model_dir(model_dir: Path, source_uri: str) -> Path:
 def _parity_rows(source_dir: Path, source_uri: str, inputs: np.ndarray | None,
                  split: SplitSource | None) -> tuple[np.ndarray, np.ndarray, str]:
     """(NHWC rows, labels (-1: unknown), description): ``inputs``, else ``split``, else the logged example."""
-    from dlspark.delta_log import TableError
-    from dlspark.feed.spec import FeedError
-
-    if inputs is not None:
-        return inputs, np.full(len(inputs), -1, np.int64), f"given inputs ({len(inputs)} rows)"
-    if split is not None:
-        try:
-            data = read_split(split, read_extra_json(source_dir, "preprocessing.json"))  # NCHW, as torch takes it
-            return np.ascontiguousarray(data.inputs.transpose(0, 2, 3, 1)), data.labels, data.description
-        except (FeedError, TableError, FileNotFoundError) as exc:
-            log.warning("no %s split to check parity on (%s); checking the logged input example instead",
-                        split.split, exc)
-    example = _keras_example(source_dir, source_uri)
-    return example, np.full(len(example), -1, np.int64), f"the logged input example ({len(example)} rows)"
+    return parity_rows(source_dir, source_uri, inputs, split, channels_last=True, example=_keras_example)
 
 
 def _accuracies(expected: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[str, float]:
