@@ -30,7 +30,7 @@ from dlspark.models.parity import (
     batched_logits,
     compare_logits,
 )
-from dlspark.models.registered_export import SOURCE_TAG, extras_in, parity_rows, resolve_source
+from dlspark.models.registered_export import SOURCE_TAG, ExportResult, extras_in, parity_rows, resolve_source
 from dlspark.models.tflite import (
     ARTIFACT,
     QUANTIZATIONS,
@@ -57,16 +57,11 @@ __all__ = ["ParityError", "ParityReport", "TFLiteError", "TFLiteExportResult", "
 
 
 @dataclass(frozen=True)
-class TFLiteExportResult:
-    """Outcome of :func:`export_registered_tflite`."""
+class TFLiteExportResult(ExportResult):
+    """Outcome of :func:`export_registered_tflite`: an :class:`ExportResult` with the variant and its file size."""
 
-    model_uri: str       # models:/<registered_name>/<version>
-    version: str
-    promoted: bool       # whether the new version became champion
-    run_id: str
-    quantization: str
-    size_bytes: int
-    parity: ParityReport
+    quantization: str = "fp32"
+    size_bytes: int = 0
 
 
 def check_parity(
@@ -176,7 +171,7 @@ def export_registered_tflite(
     log.info("registered TFLite %s of %s as %s version %s (%d bytes; parity on %s: %s)", quantization, pinned,
              registered_name, result.version, size, described, parity)
     return TFLiteExportResult(f"models:/{registered_name}/{result.version}", result.version, result.promoted,
-                              run.info.run_id, quantization, size, parity)
+                              run.info.run_id, parity, quantization, size)
 
 
 def export_tflite_for_config(
@@ -215,8 +210,8 @@ def existing_tflite_export(
                                   float(m.get("tflite_agreement", float("nan"))))
             champion = client.get_registered_model(registered_name).aliases.get("champion")
             return TFLiteExportResult(f"models:/{registered_name}/{mv.version}", str(mv.version),
-                                      str(champion) == str(mv.version), mv.run_id or "", quantization,
-                                      int(m.get("tflite_size_bytes", 0)), parity)
+                                      str(champion) == str(mv.version), mv.run_id or "", parity, quantization,
+                                      int(m.get("tflite_size_bytes", 0)))
     return None
 
 
