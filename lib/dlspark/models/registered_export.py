@@ -119,15 +119,20 @@ def export_registered(
                         run.info.run_id, parity)
 
 
-def existing_export(target: TrackingTarget, registered_name: str, pinned: str, flavor: str = "onnx") -> ExportResult | None:
-    """The version of ``registered_name`` already exported from ``pinned`` (reruns register nothing new), if any."""
+def existing_export(target: TrackingTarget, registered_name: str, pinned: str, flavor: str = "onnx",
+                    match: Mapping[str, str] | None = None) -> ExportResult | None:
+    """The version of ``registered_name`` already exported from ``pinned`` (reruns register nothing new), if any.
+
+    ``match``: further version tags it must carry (e.g. the TFLite quantization)."""
     client = target.client()
     try:
         versions = client.search_model_versions(f"name='{registered_name}'")
     except Exception:  # noqa: BLE001 - no such registered model yet
         return None
+    wanted = {SOURCE_TAG: pinned, **(match or {})}
     for mv in versions:
-        if (mv.tags or {}).get(SOURCE_TAG) == pinned:
+        tags = mv.tags or {}
+        if all(tags.get(key) == value for key, value in wanted.items()):
             metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
             parity = ParityReport(rows=int(metrics.get(f"{flavor}_parity_rows", 0)),
                                   max_abs_diff=float(metrics.get(f"{flavor}_max_abs_diff", float("nan"))),

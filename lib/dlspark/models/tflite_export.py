@@ -30,7 +30,14 @@ from dlspark.models.parity import (
     batched_logits,
     compare_logits,
 )
-from dlspark.models.registered_export import SOURCE_TAG, ExportResult, extras_in, parity_rows, resolve_source
+from dlspark.models.registered_export import (
+    SOURCE_TAG,
+    ExportResult,
+    existing_export,
+    extras_in,
+    parity_rows,
+    resolve_source,
+)
 from dlspark.models.tflite import (
     ARTIFACT,
     QUANTIZATIONS,
@@ -197,22 +204,12 @@ def existing_tflite_export(
     target: TrackingTarget, registered_name: str, pinned: str, quantization: str,
 ) -> TFLiteExportResult | None:
     """The version of ``registered_name`` already converted from ``pinned`` with ``quantization``, if any."""
-    client = target.client()
-    try:
-        versions = client.search_model_versions(f"name='{registered_name}'")
-    except Exception:  # noqa: BLE001 - no such registered model yet
+    done = existing_export(target, registered_name, pinned, "tflite", match={QUANTIZATION_TAG: quantization})
+    if done is None:
         return None
-    for mv in versions:
-        tags = mv.tags or {}
-        if tags.get(SOURCE_TAG) == pinned and tags.get(QUANTIZATION_TAG) == quantization:
-            m = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
-            parity = ParityReport(int(m.get("tflite_parity_rows", 0)), float(m.get("tflite_max_abs_diff", float("nan"))),
-                                  float(m.get("tflite_agreement", float("nan"))))
-            champion = client.get_registered_model(registered_name).aliases.get("champion")
-            return TFLiteExportResult(f"models:/{registered_name}/{mv.version}", str(mv.version),
-                                      str(champion) == str(mv.version), mv.run_id or "", parity, quantization,
-                                      int(m.get("tflite_size_bytes", 0)))
-    return None
+    metrics = target.client().get_run(done.run_id).data.metrics if done.run_id else {}
+    return TFLiteExportResult(done.model_uri, done.version, done.promoted, done.run_id, done.parity, quantization,
+                              int(metrics.get("tflite_size_bytes", 0)))
 
 
 def keras_saved_model_dir(model_dir: Path, source_uri: str) -> Path:
