@@ -75,3 +75,16 @@ def good_tree(n_per_class: int = 3, classes: tuple[str, ...] = ("cat", "dog")) -
                 png_bytes(40 + i, 30 + c, (seed % 255, i * 20 % 255, c * 90)) if i % 2 else jpeg_bytes(50, 40 + i, seed)
             )
     return files
+
+
+def separable_images(n_per_class: int = 48) -> dict[str, bytes]:
+    """Dark and bright noisy 12x12 greyscale PNGs in class folders, distinct bytes each: a trivially learnable task."""
+    rng = np.random.default_rng(0)
+    files = {}
+    for label, base in (("dark", 40), ("bright", 200)):
+        for i in range(n_per_class):
+            arr = np.clip(base + rng.normal(0, 25, (12, 12)), 0, 255).astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(arr, "L").save(buf, "PNG")
+            files[f"{label}/{i}.png"] = buf.getvalue()
+    return files

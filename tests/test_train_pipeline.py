@@ -5,38 +5,23 @@ the learning task is trivially separable (dark vs bright images), so a working l
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from dlspark.config import load_config
 from dlspark.tracking import CANDIDATE, CHAMPION, list_versions, resolve_tracking
 from pipelines.ingest_images import ingest_images
 from pipelines.train import TrainInputError, sentiment_labels, train_model
-from tests.image_zoo import write_tree
-
-
-def _separable_images(n_per_class: int = 48) -> dict[str, bytes]:
-    """Dark and bright noisy 12x12 greyscale PNGs, distinct bytes each."""
-    rng = np.random.default_rng(0)
-    files = {}
-    for label, base in (("dark", 40), ("bright", 200)):
-        for i in range(n_per_class):
-            arr = np.clip(base + rng.normal(0, 25, (12, 12)), 0, 255).astype(np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(arr, "L").save(buf, "PNG")
-            files[f"{label}/{i}.png"] = buf.getvalue()
-    return files
+from tests.image_zoo import separable_images, write_tree
 
 
 @pytest.fixture(scope="module")
 def image_table(spark, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train_pipeline")
-    write_tree(root / "landing", _separable_images())
+    write_tree(root / "landing", separable_images())
     cfg = load_config(overrides=[f"paths.data_dir={root}", "ingest_images.input=landing", "ingest_images.size=[12,12]",
                                  "ingest_images.color_mode=L", "ingest_images.resize=stretch",
                                  "ingest_images.split={train: 0.6, val: 0.2, test: 0.2, salt: ''}"])

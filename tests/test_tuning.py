@@ -7,20 +7,17 @@ while the others complete.
 """
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 import yaml
-from PIL import Image
 
 from dlspark.config import ConfigError, load_config
 from dlspark.tuning import apply_params, nest, suggest, validate_space, write_best_yaml
 from dlspark.tuning import study as studies
-from tests.image_zoo import write_tree
+from tests.image_zoo import separable_images, write_tree
 
 SPACE = ("tune.space={lr: {type: loguniform, low: 1e-3, high: 1e-1}, weight_decay: {type: float, low: 0, high: 0.01},"
          " optimizer: {type: categorical, choices: [adamw, sgd]}, feed.batch_size: {type: int, low: 4, high: 16, step: 4}}")
@@ -158,23 +155,12 @@ def test_interrupt_cancels_the_trials_job_group_and_a_lost_job_fails_its_trials(
 
 # ---------------------------------------------------------------- Spark: trials on executors, MLflow, resume
 
-def _images(n_per_class: int = 24) -> dict[str, bytes]:
-    rng = np.random.default_rng(0)
-    files = {}
-    for label, base in (("dark", 40), ("bright", 200)):
-        for i in range(n_per_class):
-            buf = io.BytesIO()
-            Image.fromarray(np.clip(base + rng.normal(0, 25, (12, 12)), 0, 255).astype(np.uint8), "L").save(buf, "PNG")
-            files[f"{label}/{i}.png"] = buf.getvalue()
-    return files
-
-
 @pytest.fixture(scope="module")
 def image_root(spark, tmp_path_factory) -> Path:
     from pipelines.ingest_images import ingest_images
 
     root = tmp_path_factory.mktemp("tuning")
-    write_tree(root / "landing", _images())
+    write_tree(root / "landing", separable_images(24))
     cfg = load_config(overrides=[f"paths.data_dir={root}", "ingest_images.input=landing", "ingest_images.size=[12,12]",
                                  "ingest_images.color_mode=L", "ingest_images.resize=stretch",
                                  "ingest_images.split={train: 0.6, val: 0.2, test: 0.2, salt: ''}"])
