@@ -108,7 +108,7 @@ def export_registered(
         parity = compare_logits(expected, got, min_agreement=min_agreement, what=f"{flavor} export {path.name}")
         mlflow.log_param("parity_data", described)
         mlflow.log_metrics({f"{flavor}_max_abs_diff": parity.max_abs_diff, f"{flavor}_agreement": parity.agreement,
-                            f"{flavor}_parity_rows": parity.rows, **_accuracies(flavor, expected, got, labels)})
+                            f"{flavor}_parity_rows": parity.rows, **export_accuracies(flavor, expected, got, labels)})
         exporter.log_model(path, rows[:4], extras_in(source_dir))
     result = register_and_promote(target, registered_name, run.info.run_id, "model", metric_name, metric_value)
     for key, value in ((SOURCE_TAG, pinned), (FORMAT_TAG, flavor)):
@@ -233,6 +233,7 @@ def extras_in(model_dir: Path) -> dict[str, ExtraArtifact]:
     return {f.name: f for f in sorted(folder.iterdir()) if f.is_file()} if folder.is_dir() else {}
 
 
-def _accuracies(flavor: str, expected: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def export_accuracies(flavor: str, expected: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """``source_accuracy`` and ``<flavor>_accuracy`` of the two models' logits, or nothing when rows are unlabelled."""
     source, export = accuracy(expected, labels), accuracy(got, labels)
     return {} if source is None or export is None else {"source_accuracy": source, f"{flavor}_accuracy": export}

@@ -26,7 +26,6 @@ from dlspark.models.parity import (
     ParityError,
     ParityReport,
     SplitSource,
-    accuracy,
     batched_logits,
     compare_logits,
 )
@@ -34,6 +33,7 @@ from dlspark.models.registered_export import (
     SOURCE_TAG,
     ExportResult,
     existing_export,
+    export_accuracies,
     extras_in,
     parity_rows,
     resolve_source,
@@ -169,7 +169,7 @@ def export_registered_tflite(
         mlflow.log_param("parity_data", described)
         mlflow.log_metrics({"tflite_max_abs_diff": parity.max_abs_diff, "tflite_agreement": parity.agreement,
                             "tflite_parity_rows": parity.rows, "tflite_size_bytes": size,
-                            **_accuracies(expected, got, labels)})
+                            **export_accuracies("tflite", expected, got, labels)})
         log_tflite_model(path, x[:4], extras_in(source_dir))
     result = register_and_promote(target, registered_name, run.info.run_id, "model", metric_name, metric_value)
     client = target.client()
@@ -233,11 +233,6 @@ def _parity_rows(source_dir: Path, source_uri: str, inputs: np.ndarray | None,
                  split: SplitSource | None) -> tuple[np.ndarray, np.ndarray, str]:
     """(NHWC rows, labels (-1: unknown), description): ``inputs``, else ``split``, else the logged example."""
     return parity_rows(source_dir, source_uri, inputs, split, channels_last=True, example=_keras_example)
-
-
-def _accuracies(expected: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    source, export = accuracy(expected, labels), accuracy(got, labels)
-    return {} if source is None or export is None else {"source_accuracy": source, "tflite_accuracy": export}
 
 
 def _keras_example(model_dir: Path, source_uri: str) -> np.ndarray:
