@@ -34,10 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTCOME_SCHEMA = f"{OUTCOME_DDL}, {STAGED_FILE} string"
-TABLE_COLUMNS = (
-    "path", "label", "label_index", "split", "sha256", "pixels", "shape", "width", "height", "format",
-    "modification_time AS source_modification_time",
-)
 
 
 def ingest_images(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestReport:
@@ -61,14 +57,13 @@ def ingest_images(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestR
 def image_target(cfg: AppConfig) -> IngestTarget:
     """Output contract of the image table."""
     icfg = cfg.ingest_images
-    columns = list(TABLE_COLUMNS) + (["original"] if icfg.keep_original else [])
     return IngestTarget(
         pipeline="ingest_images",
         output=resolve_path(cfg.paths.data_dir, icfg.output),
         quarantine=resolve_path(cfg.paths.data_dir, icfg.quarantine),
         fmt=icfg.format, delta_writer=cfg.spark.delta_writer, dedup=icfg.dedup,
         labelled=icfg.label_source != "none", fixed_labels=icfg.labels,
-        columns=columns, source_col="path", raw_col=None, unit="images",
+        source_col="path", raw_col=None, unit="images",
         row_bytes=icfg.size[0] * icfg.size[1] * (1 if icfg.color_mode == "L" else 3) + 300,
     )
 

@@ -1,11 +1,14 @@
 """Text ingest: CSV / JSON lines / Parquet with a text (and label) column -> tokenized table + quarantine.
 
-read (new files only; malformed records kept) -> normalise + tokenize in Arrow batches -> label ->
-dedup on the normalised text -> write. Same idempotency and incremental rules as image ingest.
+read (new files only; malformed records kept) -> spread over the cores -> normalise, label and tokenize
+in Arrow batches, the Python workers writing Parquet themselves -> dedup on the normalised text ->
+publish the files. Spark carries only one small outcome row per record. Same idempotency and
+incremental rules as image ingest.
 """
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -13,11 +16,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from dlspark.config import AppConfig, TextIngestConfig, config_hash
-from dlspark.ingest.commit import IngestReport, IngestTarget, commit_ingest
+from dlspark.ingest.commit import IngestReport, IngestTarget, StagedWrite, commit_ingest, label_mapping
 from dlspark.ingest.files import Sidecar, find_new_files
+from dlspark.ingest.staged import STAGED_FILE, StagingArea, stage_batches
 from dlspark.paths import resolve_path
 from dlspark.runlog import StageTimings
-from dlspark.text.batches import TOKENIZED_DDL, TokenizeSpec, tokenize_batches
+from dlspark.spark.tables import new_staging_uri
+from dlspark.text.batches import OUTCOME_DDL, TABLE_DDL, TABLE_SCHEMA, TextBatchJob, TokenizeSpec, tokenize_table_batch
 from dlspark.text.normalize import NormalizeSpec
 
 if TYPE_CHECKING:
@@ -26,10 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CORRUPT = "_corrupt_record"
-TABLE_COLUMNS = (
-    "source_path", "text", "text_norm", "label", "label_index", "split", "sha256", "input_ids", "attention_mask",
-    "num_tokens", "unknown_tokens", "truncated", "encoding_replaced",
-)
+OUTCOME_SCHEMA = f"{OUTCOME_DDL}, {STAGED_FILE} string"
 
 
 class InputSchemaError(ValueError):
@@ -43,7 +45,10 @@ def ingest_text(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestRep
     target = text_target(cfg)
     timings = StageTimings()
     files, counts, read_from = find_new_files(spark, source, "*", True, Sidecar(target.output), timings)
-    records = _tokenize(read_rows(spark, read_from, tcfg), tcfg) if counts.new else _empty_records(spark)
+    rows = read_rows(spark, read_from, tcfg) if counts.new else None
+    staged = StagedWrite(new_staging_uri(target.output), spark.createDataFrame([], TABLE_DDL).schema,
+                         label_mapping(rows, target) if rows is not None else None, id_column="record_id")
+    records = _tokenize(rows, cfg, staged, run_id) if rows is not None else spark.createDataFrame([], OUTCOME_SCHEMA)
     metrics = {
         "encoding_replaced": F.sum(F.col("encoding_replaced").cast("long")),
         "truncated": F.sum(F.col("truncated").cast("long")),
@@ -51,7 +56,7 @@ def ingest_text(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestRep
     }
     context = {"input": source, "config_hash": config_hash(cfg), "max_length": tcfg.max_length, "tokenizer": tcfg.tokenizer}
     return commit_ingest(spark, records, files, counts, target, run_id=run_id, timings=timings, context=context,
-                         record_metrics=metrics)
+                         record_metrics=metrics, staged=staged)
 
 
 def text_target(cfg: AppConfig) -> IngestTarget:
@@ -63,7 +68,7 @@ def text_target(cfg: AppConfig) -> IngestTarget:
         quarantine=resolve_path(cfg.paths.data_dir, tcfg.quarantine),
         fmt=tcfg.format, delta_writer=cfg.spark.delta_writer, dedup=tcfg.dedup,
         labelled=tcfg.label_column is not None, fixed_labels=tcfg.labels,
-        columns=TABLE_COLUMNS, source_col="source_path", raw_col="raw_record", unit="texts",
+        source_col="source_path", raw_col="raw_record", unit="texts",
         row_bytes=tcfg.max_length * 5 + 600,
     )
 
@@ -112,17 +117,26 @@ def _check_columns(df: "DataFrame", tcfg: TextIngestConfig) -> None:
             raise InputSchemaError(f"{key}={name!r} is not a column of the input; available columns: {available}")
 
 
-def _tokenize(rows: "DataFrame", tcfg: TextIngestConfig) -> "DataFrame":
+def _tokenize(rows: "DataFrame", cfg: AppConfig, staged: StagedWrite, run_id: str) -> "DataFrame":
+    """One outcome row per record; the Python workers write the good records to staged files."""
+    tcfg = cfg.ingest_text
     spec = TokenizeSpec(
         tokenizer=tcfg.tokenizer, max_length=tcfg.max_length, split=tcfg.split,
         normalize=NormalizeSpec(tcfg.lowercase, tcfg.mask_urls, tcfg.mask_mentions, tcfg.url_token, tcfg.mention_token),
     )
-    out = rows.mapInArrow(partial(tokenize_batches, spec=spec), TOKENIZED_DDL)
-    return out.withColumn("raw_record", F.coalesce(F.col("malformed"), F.col("text")))
+    job = TextBatchJob(spec, staged.labels, run_id, datetime.now(timezone.utc))
+    area = StagingArea(staged.staging, TABLE_SCHEMA)
+    fn = partial(stage_batches, process=partial(tokenize_table_batch, job=job), area=area)
+    return _spread(rows).mapInArrow(fn, OUTCOME_SCHEMA)
 
 
-def _empty_records(spark: "SparkSession") -> "DataFrame":
-    return spark.createDataFrame([], TOKENIZED_DDL + ", raw_record string")
+def _spread(rows: "DataFrame") -> "DataFrame":
+    """``rows`` over at least one partition per core: one CSV or JSON file (or a multi-line CSV, which
+    Spark cannot split) is read by one task, and tokenizing costs ~50x more than moving the rows."""
+    cores = rows.sparkSession.sparkContext.defaultParallelism
+    if rows.rdd.getNumPartitions() >= cores:
+        return rows
+    return rows.repartition(cores, "record_id")  # record ids are fixed before the shuffle: retries see the same
 
 
 def _as_list(read_from: str | list[str]) -> list[str]:

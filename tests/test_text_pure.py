@@ -1,12 +1,14 @@
 """Normalisation, tokenization and the text batch function (pure: no Spark)."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from dlspark.config import SplitConfig
-from dlspark.text.batches import TokenizeSpec, tokenize_record_batch
+from dlspark.text.batches import OUTCOME_DDL, TABLE_SCHEMA, TextBatchJob, TokenizeSpec, tokenize_record_batch, tokenize_table_batch
 from dlspark.text.normalize import NormalizeSpec, has_replacement_chars, normalize_text
 from dlspark.text.tokenize import TokenizerNotFound, load_tokenizer, tokenize_batch, tokenizer_dir
 
@@ -77,3 +79,30 @@ def test_batch_all_rejected_still_returns_rows():
     spec = TokenizeSpec("minilm", 8, NormalizeSpec(), SplitConfig())
     out = tokenize_record_batch(_batch(["", " "]), spec, load_tokenizer("minilm"))
     assert out.num_rows == 2 and out.column("reject_reason").to_pylist() == ["empty_text", "empty_text"]
+
+
+def _job(labels=None):
+    spec = TokenizeSpec("minilm", 8, NormalizeSpec(), SplitConfig())
+    return TextBatchJob(spec, labels, "run-1", datetime(2026, 11, 27, tzinfo=timezone.utc))
+
+
+def test_table_batch_rejects_unknown_and_missing_labels_and_keeps_raw_only_for_rejects():
+    batch = _batch(["fine text", "odd label", "no label", "   "], labels=["positive", "angry", " ", "positive"])
+    rows, outcomes = tokenize_table_batch(batch, _job({"negative": 0, "positive": 1}))
+    out = outcomes.to_pydict()
+    assert [f.name for f in outcomes.schema] == [f.split(" ")[0] for f in OUTCOME_DDL.split(", ")]
+    assert out["reject_reason"] == [None, "unknown_label", "missing_label", "empty_text"]
+    assert "angry" in out["reject_detail"][1] and "negative, positive" in out["reject_detail"][1]
+    assert out["label_index"] == [1, None, None, 1]  # the label is known even where the text is rejected
+    assert out["raw_record"] == [None, "odd label", "no label", "   "]
+    assert rows.schema.names == [*TABLE_SCHEMA.names, "split"]
+    good = rows.to_pydict()
+    assert good["record_id"] == ["r0"] and good["label_index"] == [1] and good["ingest_run_id"] == ["run-1"]
+    assert good["split"] == [out["split"][0]] and good["input_ids"][0][:4] == [101, 2986, 3793, 102]
+    assert rows.cast(pa.schema([*TABLE_SCHEMA, ("split", pa.string())])).num_rows == 1
+
+
+def test_table_batch_unlabelled_input_writes_every_valid_text():
+    rows, outcomes = tokenize_table_batch(_batch(["a", "b"], labels=[None, None]), _job(labels=None))
+    assert outcomes.column("reject_reason").to_pylist() == [None, None]
+    assert rows.num_rows == 2 and rows.column("label_index").to_pylist() == [None, None]

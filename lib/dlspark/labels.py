@@ -28,3 +28,19 @@ def resolve_label_map(
     for label in sorted(set(observed) - set(mapping)):
         mapping[label] = len(mapping)
     return mapping
+
+
+def label_index(label: str | None, mapping: Mapping[str, int] | None) -> tuple[int | None, str | None, str | None]:
+    """(index, reject reason, detail) of one record's label under ``mapping``.
+
+    Unlabelled input (``mapping`` None) has no index and no rejection; a blank label is ``missing_label``
+    and a label outside the mapping ``unknown_label``, so such records are quarantined instead of
+    training on a wrong class.
+    """
+    if mapping is None:
+        return None, None, None
+    if label is None or not label.strip():
+        return None, "missing_label", "no label for this record"
+    if label not in mapping:
+        return None, "unknown_label", f"label '{label}' is not one of: {', '.join(sorted(mapping))}"
+    return mapping[label], None, None

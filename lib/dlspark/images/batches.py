@@ -18,6 +18,8 @@ import pyarrow as pa
 
 from dlspark.config import SplitConfig
 from dlspark.images.decode import DecodedImage, ImageRejected, ImageSpec, decode_image
+from dlspark.ingest.staged import spark_ddl
+from dlspark.labels import label_index
 from dlspark.splits import split_for_key
 
 # Spark DDL of the outcome rows (one per record); must match _OUTCOME_TYPES below.
@@ -37,8 +39,6 @@ _TABLE_TYPES = [
     ("format", pa.string()), ("source_modification_time", _UTC_US), ("ingest_run_id", pa.string()),
     ("ingested_at", _UTC_US),
 ]
-_SPARK_TYPES = {pa.string(): "string", pa.int32(): "int", pa.binary(): "binary", pa.list_(pa.int32()): "array<int>",
-                _UTC_US: "timestamp"}
 
 
 def table_schema(keep_original: bool) -> pa.Schema:
@@ -61,8 +61,7 @@ BLOB_COLUMNS = ("pixels", "original")
 
 def table_ddl(keep_original: bool) -> str:
     """The image table's Spark DDL, partition column last (as Spark reads a partitioned folder)."""
-    fields = [f"{f.name} {_SPARK_TYPES[f.type]}" for f in table_schema(keep_original)]
-    return ", ".join([*fields, "split string"])
+    return spark_ddl(table_schema(keep_original), partition_col="split")
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ def decode_batch(batch: pa.RecordBatch, job: ImageBatchJob) -> tuple[pa.Table, p
     labels = batch.column("label").to_pylist()
     for i, (path, content) in enumerate(zip(batch.column("path").to_pylist(), batch.column("content").to_pylist())):
         image, reason, detail = _decode_one(content or b"", job.spec)
-        index, label_reason, label_detail = _label_index(labels[i], job.labels)
+        index, label_reason, label_detail = label_index(labels[i], job.labels)
         reason, detail = (reason, detail) if reason else (label_reason, label_detail)
         sha = hashlib.sha256(content or b"").hexdigest()
         for name, value in (("record_id", path), ("path", path), ("sha256", sha), ("split", split_for_key(sha, job.split)),
@@ -108,17 +107,6 @@ def _decode_one(content: bytes, spec: ImageSpec) -> tuple[DecodedImage | None, s
         return decode_image(content, spec), None, None
     except ImageRejected as exc:
         return None, exc.reason, exc.detail[:2000]
-
-
-def _label_index(label: str | None, labels: Mapping[str, int] | None) -> tuple[int | None, str | None, str | None]:
-    """(index, reject reason, detail): unlabelled input has no index; a blank or unknown label is rejected."""
-    if labels is None:
-        return None, None, None
-    if label is None or not label.strip():
-        return None, "missing_label", "no label for this record"
-    if label not in labels:
-        return None, "unknown_label", f"label '{label}' is not one of: {', '.join(sorted(labels))}"
-    return labels[label], None, None
 
 
 def _append_good(good: dict[str, list], row: int, image: DecodedImage | None, original: bytes | None) -> None:

@@ -1,9 +1,10 @@
-"""The shared second half of every ingest: labels, dedup, writes, ledger, reconciled counts, run summary.
+"""The shared second half of every ingest: dedup, publishing, ledger, reconciled counts, run summary.
 
-``commit_ingest`` takes the decoded/tokenized rows (one per record, with ``record_id``, ``sha256``,
-``label``, ``split``, ``reject_reason``/``reject_detail``) and makes the run's outputs durable in this
-order: table, quarantine table, label mapping, ledger, summary. A crash after the table write is safe
-to rerun: the rerun finds the same content hashes in the table and counts them as duplicates.
+``commit_ingest`` takes the outcome rows of the decode/tokenize stage (one per record, with ``record_id``,
+``sha256``, ``label``, ``split``, ``reject_reason``/``reject_detail`` and the staged file its table row
+went to) and makes the run's outputs durable in this order: table, quarantine table, label mapping,
+ledger, summary. A crash after the table write is safe to rerun: the rerun finds the same content
+hashes in the table and counts them as duplicates.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from dlspark.ingest.outcome import (
     IngestCounts,
     outcome_counts,
     quarantine_rows,
-    with_label_index,
     with_outcome,
 )
 from dlspark.ingest.staged import STAGED_FILE, drop_records
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IngestTarget:
-    """Where and how one ingest writes; ``columns`` (SQL select expressions) is the table's schema contract."""
+    """Where and how one ingest writes (the table's columns are the staged files' schema)."""
 
     pipeline: str
     output: str
@@ -51,7 +51,6 @@ class IngestTarget:
     dedup: bool
     labelled: bool
     fixed_labels: Sequence[str] | None
-    columns: Sequence[str]
     source_col: str
     raw_col: str | None
     unit: str = "records"
@@ -96,14 +95,12 @@ def commit_ingest(
     run_id: str,
     timings: StageTimings,
     context: dict[str, Any],
+    staged: StagedWrite,
     record_metrics: "Mapping[str, Column] | None" = None,
-    staged: "StagedWrite | None" = None,
 ) -> IngestReport:
-    """Label, dedup, write and account for ``records`` (the new files' rows); see the module docstring.
-
-    With ``staged``, ``records`` are outcome rows whose good records the workers already wrote to staged
-    files (:mod:`dlspark.ingest.staged`), labels already applied: duplicates are removed from those files
-    and the files are published instead of writing ``records``.
+    """Dedup, publish and account for ``records``, the outcome rows of the new files' records, whose good
+    records the workers already wrote to ``staged`` files (:mod:`dlspark.ingest.staged`) with labels
+    applied: duplicates are removed from those files, then the files are published.
 
     ``record_metrics`` are aggregate expressions over all records seen (e.g. how many texts had
     undecodable bytes); their values go into the run summary under ``metrics``.
@@ -116,15 +113,11 @@ def commit_ingest(
             seen = records.count()
         log_progress("process", rows=seen, seconds=time.perf_counter() - start, unit=target.unit)
         if seen:
-            mapping = staged.labels if staged else label_mapping(records, target)
-            labelled = records if staged else with_label_index(records, mapping)
-            classified = with_outcome(labelled, _existing_hashes(spark, target), dedup=target.dedup)
-            if staged:  # small outcome rows, read by several actions: decide dedup once
-                classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
-                cleanup.append(classified)
-                writes = _publish_outputs(spark, classified, target, run_id, timings, staged)
-            else:
-                writes = _write_outputs(classified, target, run_id, timings, files_for(seen, target.row_bytes, spark))
+            mapping = staged.labels
+            # small outcome rows, read by several actions: decide dedup once
+            classified = with_outcome(records, _existing_hashes(spark, target), dedup=target.dedup).persist(StorageLevel.MEMORY_AND_DISK)
+            cleanup.append(classified)
+            writes = _publish_outputs(spark, classified, target, run_id, timings, staged)
             by_outcome, reasons = outcome_counts(classified), _reason_counts(classified)
             metrics = _metrics(records, record_metrics)
             if mapping is not None:
@@ -138,8 +131,7 @@ def commit_ingest(
     finally:
         for df in (records, files, *cleanup):
             df.unpersist()
-        if staged:
-            staged.discard()
+        staged.discard()
     counts = IngestCounts(
         file_counts.listed, file_counts.already_ingested, file_counts.new, seen,
         by_outcome[WRITTEN], by_outcome[DUPLICATE], by_outcome[QUARANTINED],
@@ -155,7 +147,10 @@ def label_mapping(records: "DataFrame", target: IngestTarget) -> dict[str, int] 
     """The label -> index mapping for ``records``' labels: configured, else stored with the table plus new ones."""
     if not target.labelled:
         return None
-    observed = [r["label"] for r in records.select("label").where(F.trim("label") != "").distinct().collect()]
+    if target.fixed_labels is not None:  # configured labels win: no need to read the data for them
+        observed: list[str] = []
+    else:
+        observed = [r["label"] for r in records.select("label").where(F.trim("label") != "").distinct().collect()]
     stored = (read_json(Sidecar(target.output).labels) or {}).get("labels")
     return resolve_label_map(fixed=target.fixed_labels, stored=stored, observed=observed)
 
@@ -169,23 +164,6 @@ def _existing_hashes(spark: "SparkSession", target: IngestTarget) -> "DataFrame 
 def files_for(rows: int, row_bytes: int, spark: "SparkSession", file_bytes: int = 128 << 20) -> int:
     """How many output partitions: ~128 MiB files, but at least one per core so the write stays parallel."""
     return max(spark.sparkContext.defaultParallelism, -(-rows * row_bytes // file_bytes))
-
-
-def _write_outputs(
-    classified: "DataFrame", target: IngestTarget, run_id: str, timings: StageTimings, partitions: int
-) -> dict[str, Any]:
-    now = F.lit(datetime.now(timezone.utc)).cast("timestamp")
-    good = classified.where(F.col("outcome") == WRITTEN).withColumn("ingest_run_id", F.lit(run_id)).withColumn("ingested_at", now)
-    bad = quarantine_rows(classified, run_id, source=F.col(target.source_col), raw=_raw(target.raw_col))
-    with timings.stage("write"):
-        rows = good.selectExpr(*target.columns, "ingest_run_id", "ingested_at").coalesce(partitions)
-        table = write_table(rows, target.output,
-                            fmt=target.fmt, mode="append", partition_by=["split"], delta_writer=target.delta_writer)
-    with timings.stage("write_quarantine"):
-        quarantine = write_table(bad.coalesce(1), target.quarantine, fmt=target.fmt, mode="append", delta_writer=target.delta_writer)
-    log.info("wrote %d rows to %s (%s, version %s); %d to quarantine %s", table.rows, table.path, table.format,
-             table.version, quarantine.rows, quarantine.path)
-    return {"table": table.__dict__, "quarantine": quarantine.__dict__}
 
 
 def _publish_outputs(

@@ -1,14 +1,13 @@
 """Per-record outcome of an ingest run: written, duplicate or quarantined, and the reconciled counts.
 
-Works on the persisted output of the decode/tokenize stage, whose rows carry ``record_id``, ``sha256``,
-``label`` and ``reject_reason``. Dedup looks only at the narrow (record_id, sha256) projection, so
-heavy columns (pixels, token ids) are never shuffled.
+Works on the outcome rows of the decode/tokenize stage, which carry ``record_id``, ``sha256``, ``label``
+and ``reject_reason`` but no heavy columns (pixels, token ids): those were written by the Python workers.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from pyspark.sql import Window
 from pyspark.sql import functions as F
@@ -58,31 +57,6 @@ class IngestCounts:
             f"files: {self.files_listed} listed = {self.files_already_ingested} already ingested + {self.files_new} new; "
             f"{unit}: {self.seen} seen = {self.written} written + {self.duplicates} duplicates + {self.quarantined} quarantined"
         )
-
-
-def reject_unless(df: "DataFrame", condition: "Column", reason: str, detail: "Column") -> "DataFrame":
-    """Set ``reject_reason``/``reject_detail`` where ``condition`` holds and the row is not already rejected."""
-    fresh = F.col("reject_reason").isNull() & condition
-    return df.withColumn("reject_detail", F.when(fresh, detail).otherwise(F.col("reject_detail"))).withColumn(
-        "reject_reason", F.when(fresh, F.lit(reason)).otherwise(F.col("reject_reason"))
-    )
-
-
-def with_label_index(df: "DataFrame", mapping: Mapping[str, int] | None) -> "DataFrame":
-    """Add ``label_index`` from ``mapping``; without a mapping the data is unlabelled (index null).
-
-    Rows with a null/blank label or a label outside the mapping are rejected (``missing_label``,
-    ``unknown_label``) so they reach the quarantine table instead of training on a wrong class.
-    """
-    if mapping is None:
-        return df.withColumn("label_index", F.lit(None).cast("int"))
-    lookup = F.create_map(*[F.lit(x) for pair in sorted(mapping.items(), key=lambda kv: kv[1]) for x in pair])
-    df = df.withColumn("label_index", lookup[F.col("label")].cast("int"))
-    blank = F.col("label").isNull() | (F.trim(F.col("label")) == "")
-    df = reject_unless(df, blank, "missing_label", F.lit("no label for this record"))
-    known = ", ".join(sorted(mapping))
-    detail = F.concat(F.lit("label '"), F.col("label"), F.lit(f"' is not one of: {known}"))
-    return reject_unless(df, F.col("label_index").isNull(), "unknown_label", detail)
 
 
 def with_outcome(df: "DataFrame", existing_hashes: "DataFrame | None", *, dedup: bool) -> "DataFrame":

@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGED_FILE = "staged_file"  # the outcome column naming the staged file of a written record
+_SPARK_TYPES = {
+    pa.string(): "string", pa.int32(): "int", pa.int64(): "bigint", pa.bool_(): "boolean", pa.binary(): "binary",
+    pa.list_(pa.int32()): "array<int>", pa.list_(pa.int8()): "array<tinyint>", pa.timestamp("us", tz="UTC"): "timestamp",
+}
+
+
+def spark_ddl(schema: pa.Schema, partition_col: str) -> str:
+    """Spark DDL of a staged table: ``schema``'s columns, then the (string) partition column, as Spark
+    lists a partitioned folder's columns."""
+    fields = [f"{f.name} {_SPARK_TYPES[f.type]}" for f in schema]
+    return ", ".join([*fields, f"{partition_col} string"])
 
 
 @dataclass(frozen=True)

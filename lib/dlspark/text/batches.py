@@ -1,30 +1,48 @@
-"""Arrow batch -> Arrow batch text normalisation + tokenization, the body of the Spark ``mapInArrow`` stage.
+"""Arrow batch -> (table rows, outcome rows) text normalisation + tokenization, the body of the Spark
+``mapInArrow`` stage.
 
 Pure code (pyarrow, no Spark). Input columns: record_id, source_path, text, label, malformed (the raw
-record when the reader could not parse it, else null). Malformed records and empty or whitespace-only
-texts are rejected (quarantined later); the rest are normalised, hashed, split and tokenized to fixed
-length in one tokenizer call per batch.
+record when the reader could not parse it, else null). Malformed records, empty or whitespace-only texts
+and records without a known label are rejected (quarantined later); the rest are normalised, hashed,
+split and tokenized to fixed length in one tokenizer call per batch. Every input record gets one outcome
+row (``OUTCOME_DDL``); the good ones also become a table row (``table_schema``), written by
+:func:`dlspark.ingest.staged.stage_batches` without a trip through the JVM.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from datetime import datetime
+from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dlspark.config import SplitConfig
+from dlspark.ingest.staged import spark_ddl
+from dlspark.labels import label_index
 from dlspark.splits import split_for_key
 from dlspark.text.normalize import NormalizeSpec, has_replacement_chars, normalize_text
 from dlspark.text.tokenize import load_tokenizer, tokenize_batch
 
-TOKENIZED_DDL = (
-    "record_id string, source_path string, text string, label string, malformed string, text_norm string, sha256 string, "
-    "split string, input_ids array<int>, attention_mask array<tinyint>, num_tokens int, unknown_tokens int, "
-    "truncated boolean, encoding_replaced boolean, reject_reason string, reject_detail string"
+_UTC_US = pa.timestamp("us", tz="UTC")
+# One row per input record (Spark DDL); ``raw_record`` is kept for rejected records only.
+OUTCOME_DDL = (
+    "record_id string, source_path string, sha256 string, split string, label string, label_index int, "
+    "num_tokens int, truncated boolean, encoding_replaced boolean, reject_reason string, reject_detail string, "
+    "raw_record string"
 )
+_TABLE_TYPES = [
+    ("record_id", pa.string()), ("source_path", pa.string()), ("text", pa.string()), ("text_norm", pa.string()),
+    ("label", pa.string()), ("label_index", pa.int32()), ("sha256", pa.string()), ("input_ids", pa.list_(pa.int32())),
+    ("attention_mask", pa.list_(pa.int8())), ("num_tokens", pa.int32()), ("unknown_tokens", pa.int32()),
+    ("truncated", pa.bool_()), ("encoding_replaced", pa.bool_()), ("ingest_run_id", pa.string()),
+    ("ingested_at", _UTC_US),
+]
+TABLE_SCHEMA = pa.schema(_TABLE_TYPES)  # the ``split`` partition column lives in the folder names
+TABLE_DDL = spark_ddl(TABLE_SCHEMA, partition_col="split")
 
 
 @dataclass(frozen=True)
@@ -35,18 +53,6 @@ class TokenizeSpec:
     max_length: int
     normalize: NormalizeSpec
     split: SplitConfig
-
-
-def tokenize_batches(batches: Iterable[pa.RecordBatch], spec: TokenizeSpec) -> Iterator[pa.RecordBatch]:
-    """Process every batch; the tokenizer is loaded once per Python worker process.
-
-    A Spark task owns one core, so the tokenizer's own Rust thread pool is turned off (it would
-    oversubscribe the cores that the other tasks are using).
-    """
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    tok = load_tokenizer(spec.tokenizer)
-    for batch in batches:
-        yield tokenize_record_batch(batch, spec, tok)
 
 
 def tokenize_record_batch(batch: pa.RecordBatch, spec: TokenizeSpec, tok) -> pa.RecordBatch:  # noqa: ANN001
@@ -82,6 +88,53 @@ def tokenize_record_batch(batch: pa.RecordBatch, spec: TokenizeSpec, tok) -> pa.
         "reject_reason": pa.array(reasons, pa.string()),
         "reject_detail": pa.array([_detail(r, t, m) for r, t, m in zip(reasons, raw, malformed)], pa.string()),
     }
+    return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+
+
+@dataclass(frozen=True)
+class TextBatchJob:
+    """What every tokenize task needs: picklable, built once on the driver.
+
+    ``labels`` maps label -> index; None means the input is unlabelled (every label index is null).
+    """
+
+    spec: TokenizeSpec
+    labels: Mapping[str, int] | None
+    run_id: str
+    ingested_at: datetime
+
+
+def tokenize_table_batch(batch: pa.RecordBatch, job: TextBatchJob) -> tuple[pa.Table, pa.RecordBatch]:
+    """(table rows of the good records + split, outcome rows of all) for one input batch.
+
+    The tokenizer is loaded once per Python worker process. A Spark task owns one core, so the
+    tokenizer's own Rust thread pool is turned off (it would oversubscribe the other tasks' cores).
+    """
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    wide = _with_label_index(tokenize_record_batch(batch, job.spec, load_tokenizer(job.spec.tokenizer)), job.labels)
+    rejected = pc.is_valid(wide.column("reject_reason"))
+    raw = pc.if_else(rejected, pc.coalesce(*[wide.column(c).cast(pa.string()) for c in ("malformed", "text")]), None)
+    outcome_names = [f.split(" ")[0] for f in OUTCOME_DDL.split(", ")]
+    outcomes = pa.RecordBatch.from_arrays([raw if n == "raw_record" else wide.column(n) for n in outcome_names], names=outcome_names)
+    good = pa.Table.from_batches([wide]).filter(pc.invert(rejected))
+    n = good.num_rows
+    extra = {"ingest_run_id": pa.array([job.run_id] * n, pa.string()), "ingested_at": pa.array([job.ingested_at] * n, _UTC_US)}
+    names = [*TABLE_SCHEMA.names, "split"]
+    return pa.table({name: extra[name] if name in extra else good.column(name) for name in names}), outcomes
+
+
+def _with_label_index(wide: pa.RecordBatch, labels: Mapping[str, int] | None) -> pa.RecordBatch:
+    """Add ``label_index``; a record not yet rejected whose label is blank or unknown is rejected here."""
+    reasons, details = wide.column("reject_reason").to_pylist(), wide.column("reject_detail").to_pylist()
+    indices = []
+    for i, label in enumerate(wide.column("label").to_pylist()):
+        index, reason, detail = label_index(label, labels)
+        indices.append(index)
+        if reasons[i] is None and reason is not None:
+            reasons[i], details[i] = reason, detail
+    columns = {name: wide.column(name) for name in wide.schema.names}
+    columns.update(label_index=pa.array(indices, pa.int32()), reject_reason=pa.array(reasons, pa.string()),
+                   reject_detail=pa.array(details, pa.string()))
     return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
 
