@@ -67,8 +67,8 @@ def test_text_inputs_normalise_and_tokenize_like_ingest():
     inputs = text_inputs(batch, pre, tok)
     assert inputs.valid.tolist() == [0, 3]
     assert inputs.errors[1] == "empty_text: null" and inputs.errors[2].startswith("empty_text")
-    expected = tok(["Loving it @user http"], max_length=16, padding="max_length", truncation=True)["input_ids"][0]
-    assert inputs.arrays["input_ids"][0].tolist() == expected
+    expected = tok.encoder(16).encode("Loving it @user http").ids
+    assert inputs.arrays["input_ids"][0].tolist() == expected and len(expected) == 16
 
 
 def test_text_preprocessing_needs_a_tokenizer_from_the_model_or_the_ingest_config():

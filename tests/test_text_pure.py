@@ -30,9 +30,31 @@ def test_replacement_chars_detected():
     assert not has_replacement_chars("fine")
 
 
-def test_packaged_tokenizer_is_offline_and_fast():
+def test_packaged_tokenizer_loads_without_transformers_and_matches_it():
+    """The Rust tokenizer read from tokenizer.json gives transformers' ids, truncation and padding."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
     assert (tokenizer_dir("minilm") / "tokenizer.json").is_file()
-    assert load_tokenizer("minilm").is_fast
+    probe = "import sys; from dlspark.text.tokenize import load_tokenizer; load_tokenizer('minilm'); print('transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    texts = ["Hello @user, see http now!", "caf\u00e9 na\u00efve \U0001F600", "UPPER lower", "word " * 80, "\u4e2d\u6587 text", ""]
+    ref = AutoTokenizer.from_pretrained(str(tokenizer_dir("minilm")), local_files_only=True)
+    want = ref(texts, truncation=True, max_length=16, padding="max_length")
+    got = tokenize_batch(load_tokenizer("minilm"), texts, 16)
+    assert got.input_ids.tolist() == want["input_ids"] and got.attention_mask.tolist() == want["attention_mask"]
+
+
+def test_directory_without_tokenizer_json_is_built_by_transformers(tmp_path):
+    import shutil
+
+    shutil.copy(tokenizer_dir("minilm") / "vocab.txt", tmp_path / "vocab.txt")
+    shutil.copy(tokenizer_dir("minilm") / "tokenizer_config.json", tmp_path / "tokenizer_config.json")
+    tok = load_tokenizer(str(tmp_path))
+    assert tok.pad_token == "[PAD]" and tok.unk_id == 100
+    assert tokenize_batch(tok, ["hello world"], 6).input_ids.tolist() == [[101, 7592, 2088, 102, 0, 0]]
 
 
 def test_unknown_tokenizer_says_what_is_accepted(tmp_path):

@@ -1,10 +1,11 @@
 """Build the one SparkSession of a job from :class:`SparkConfig`."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from dlspark.config import SparkConfig
 
@@ -78,6 +79,22 @@ def build_spark_session(cfg: SparkConfig) -> "SparkSession":
     spark.sparkContext.setLogLevel("WARN")
     log.info("spark session: master=%s app=%s version=%s", cfg.master, cfg.app_name, spark.version)
     return spark
+
+
+@contextlib.contextmanager
+def session_conf(spark: "SparkSession", values: dict[str, str]) -> "Iterator[None]":
+    """Set session confs for the duration of the block (session-wide: other threads see them too)."""
+    old = {key: spark.conf.get(key, None) for key in values}
+    for key, value in values.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def delta_spark_available(spark: "SparkSession") -> bool:

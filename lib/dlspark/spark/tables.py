@@ -13,12 +13,11 @@ A conflict raises :class:`TableConflictError` after the uncommitted files were d
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import reduce
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from urllib.parse import urlparse
 
 from dlspark import delta_log
 from dlspark.delta_log import TableConflictError, TableError
+from dlspark.spark.session import session_conf
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -301,23 +301,9 @@ def _stage(df: DataFrame, uri: str, schema: dict, partition_by: list[str]) -> tu
         delta_log.remove_paths(fs, [f"{root}/{staging}"])
 
 
-@contextlib.contextmanager
-def _spark_conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
-    """Set a session conf for the duration of the block (session-wide: other threads see it too)."""
-    old = spark.conf.get(key)
-    spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        if old is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, old)
-
-
 def _spark_write_parquet(df: DataFrame, uri: str, partition_by: list[str]) -> None:
     # Spark's default INT96 timestamps are not what Delta readers expect: write INT64 microseconds (UTC).
-    with _spark_conf(df.sparkSession, TIMESTAMP_CONF, "TIMESTAMP_MICROS"):
+    with session_conf(df.sparkSession, {TIMESTAMP_CONF: "TIMESTAMP_MICROS"}):
         df.write.mode("errorifexists").partitionBy(*partition_by).parquet(uri)
 
 
