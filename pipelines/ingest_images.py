@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from dlspark.config import AppConfig, ImageIngestConfig, config_hash
 from dlspark.images import ImageSpec
 from dlspark.images.batches import BLOB_COLUMNS, OUTCOME_DDL, ImageBatchJob, decode_batch, table_ddl, table_schema
-from dlspark.ingest.commit import IngestReport, IngestTarget, StagedWrite, commit_ingest, files_for, label_mapping
+from dlspark.ingest.commit import IngestReport, IngestTarget, StagedWrite, commit_ingest, label_mapping
 from dlspark.ingest.files import (
     Sidecar,
     find_new_files,
@@ -48,7 +48,7 @@ def ingest_images(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestR
     staged = StagedWrite(new_staging_uri(target.output), spark.createDataFrame([], table_ddl(icfg.keep_original)).schema,
                          label_mapping(files, target) if counts.new else None, blob_columns=BLOB_COLUMNS)
     job = _batch_job(cfg, staged, run_id)
-    records = _decode(spark, read_from, files, counts.new, cfg, target, job, staged) if counts.new else _empty_records(spark)
+    records = _decode(spark, read_from, files, cfg, job, staged) if counts.new else _empty_records(spark)
     context = {"input": source, "config_hash": config_hash(cfg), "image_shape": list(_spec(icfg).shape)}
     return commit_ingest(spark, records, listing, counts, target, run_id=run_id, timings=timings, context=context,
                          staged=staged)
@@ -64,7 +64,6 @@ def image_target(cfg: AppConfig) -> IngestTarget:
         fmt=icfg.format, delta_writer=cfg.spark.delta_writer, dedup=icfg.dedup,
         labelled=icfg.label_source != "none", fixed_labels=icfg.labels,
         source_col="path", raw_col=None, unit="images",
-        row_bytes=icfg.size[0] * icfg.size[1] * (1 if icfg.color_mode == "L" else 3) + 300,
     )
 
 
@@ -77,8 +76,8 @@ def _batch_job(cfg: AppConfig, staged: StagedWrite, run_id: str) -> ImageBatchJo
     return ImageBatchJob(_spec(icfg), icfg.split, icfg.keep_original, staged.labels, run_id, datetime.now(timezone.utc))
 
 
-def _decode(spark, read_from, files: "DataFrame", new_files: int, cfg: AppConfig, target: IngestTarget,  # noqa: ANN001
-            job: ImageBatchJob, staged: StagedWrite) -> "DataFrame":
+def _decode(spark, read_from, files: "DataFrame", cfg: AppConfig, job: ImageBatchJob,  # noqa: ANN001
+            staged: StagedWrite) -> "DataFrame":
     """One outcome row per new file. Readable files are decoded and their good rows written to staged files
     by the Python workers; empty or oversize files are rejected from the listing, unread."""
     icfg, data_dir = cfg.ingest_images, cfg.paths.data_dir
@@ -86,8 +85,9 @@ def _decode(spark, read_from, files: "DataFrame", new_files: int, cfg: AppConfig
     contents = read_contents(spark, read_from, glob=icfg.glob, recursive=icfg.recursive)
     contents = contents.where(F.col("length").between(1, icfg.max_file_bytes))
     contents = _with_labels(spark, contents, icfg, source, data_dir).select("path", "modificationTime", "length", "content", "label")
-    # Few, large tasks: each writes one file per split, so fewer tasks means fewer, larger files.
-    contents = contents.coalesce(files_for(new_files, target.row_bytes, spark))
+    # One task per core: the workers start one file after another (StagingArea.file_bytes), so a task can
+    # take any share of the input, and each further task would cost its start-up (~0.4 s on 2 cores).
+    contents = contents.coalesce(spark.sparkContext.defaultParallelism)
     area = StagingArea(staged.staging, table_schema(icfg.keep_original), blob_columns=BLOB_COLUMNS)
     fn = partial(stage_batches, process=partial(decode_batch, job=job), area=area)
     return contents.mapInArrow(fn, OUTCOME_SCHEMA).unionByName(_unreadable(files, icfg.max_file_bytes))

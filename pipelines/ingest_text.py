@@ -69,7 +69,6 @@ def text_target(cfg: AppConfig) -> IngestTarget:
         fmt=tcfg.format, delta_writer=cfg.spark.delta_writer, dedup=tcfg.dedup,
         labelled=tcfg.label_column is not None, fixed_labels=tcfg.labels,
         source_col="source_path", raw_col="raw_record", unit="texts",
-        row_bytes=tcfg.max_length * 5 + 600,
     )
 
 

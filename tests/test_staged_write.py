@@ -138,3 +138,15 @@ def test_drop_records_rewrites_or_deletes_the_file(tmp_path):
             assert not (tmp_path / local).exists() and not __import__("os").path.exists(local)
         else:
             assert pq.read_table(local).column("path").to_pylist() == ids[1:]
+
+
+def test_a_task_starts_a_new_file_once_one_holds_file_bytes(tmp_path):
+    """One task may process any amount of data: its files roll over at file_bytes, each record names its own."""
+    rows = [(f"file:/in/cat/{i}.png", png_bytes(8, 8, i, "L"), "cat") for i in range(12)]
+    area = StagingArea(str(tmp_path / "stage"), table_schema(False), blob_columns=("pixels",), file_bytes=1)
+    batches = [_files_batch(rows[i:i + 3]) for i in range(0, 12, 3)]
+    out = pa.Table.from_batches(list(stage_batches(batches, lambda b: decode_batch(b, _job()), area))).to_pydict()
+    files = sorted(tmp_path.glob("stage/split=*/part-*.parquet"))
+    assert len(files) == len(set(out[STAGED_FILE])) >= 4  # at least one file per batch: each exceeds 1 byte
+    for rid, staged in zip(out["record_id"], out[STAGED_FILE]):
+        assert rid in pq.read_table(staged.removeprefix("file://")).column("path").to_pylist()

@@ -54,7 +54,6 @@ class IngestTarget:
     source_col: str
     raw_col: str | None
     unit: str = "records"
-    row_bytes: int = 1024  # estimated stored size of one row, for sizing output files
 
 
 @dataclass(frozen=True)
@@ -159,11 +158,6 @@ def _existing_hashes(spark: "SparkSession", target: IngestTarget) -> "DataFrame 
     if not target.dedup or not table_exists(spark, target.output, fmt=target.fmt):
         return None
     return read_table(spark, target.output, fmt=target.fmt).df.select("sha256")
-
-
-def files_for(rows: int, row_bytes: int, spark: "SparkSession", file_bytes: int = 128 << 20) -> int:
-    """How many output partitions: ~128 MiB files, but at least one per core so the write stays parallel."""
-    return max(spark.sparkContext.defaultParallelism, -(-rows * row_bytes // file_bytes))
 
 
 def _publish_outputs(

@@ -3,7 +3,8 @@
 Large rows (image tensors) would otherwise cross Python -> JVM, be converted twice, be kept (persisted)
 until the counts are known, and be scanned again to be written. Here the processing stage (inside
 ``mapInArrow``) writes its good rows straight into a staging folder inside the table: one Parquet file per
-partition value and task attempt, one row group per Arrow batch. Each outcome row names the staged file
+partition value and task attempt (a next one once a file holds ``file_bytes``), one row group per Arrow
+batch. Each outcome row names the staged file
 its record went to. The driver then drops the rows found to be duplicates across tasks from their files
 (:func:`drop_records`), and publishes the referenced files (:func:`dlspark.spark.tables.publish_staged_files`).
 Files of failed or repeated task attempts are never referenced, so they are never published.
@@ -42,7 +43,7 @@ def spark_ddl(schema: pa.Schema, partition_col: str) -> str:
 
 @dataclass(frozen=True)
 class StagingArea:
-    """Where a task writes its rows: ``<uri>/<partition_col>=<value>/part-<attempt uuid>.parquet``.
+    """Where a task writes its rows: ``<uri>/<partition_col>=<value>/part-<attempt uuid>-<n>.parquet``.
 
     ``schema`` is the table's data columns (the partition column is in the directory name, not the file).
     """
@@ -54,6 +55,9 @@ class StagingArea:
     # Large opaque columns (tensors, file bytes): no dictionary encoding and no min/max statistics, which
     # would cost more CPU than the whole decode of those values and help no reader.
     blob_columns: tuple[str, ...] = ()
+    # A file is closed once it holds this much and the partition's next rows start a new one, so a task
+    # may process any amount of data (one task per core: no per-task start-up cost) and files stay readable.
+    file_bytes: int = 128 << 20
 
     def writer_options(self) -> dict:
         """Keyword arguments for ``pq.ParquetWriter``."""
@@ -91,27 +95,34 @@ class PartitionWriters:
         self.native = _native_filesystem(area.uri)  # pyarrow's own writer where it has one: ~20% faster
         self.tag = uuid.uuid4().hex
         self._open: dict[str, tuple[str, object, pq.ParquetWriter]] = {}
+        self._files = 0
 
     def write(self, value: str, rows: pa.Table) -> str:
         """Append ``rows`` (the area's schema) as one row group of ``value``'s file; returns the file's URI."""
         if value not in self._open:
             self._open[value] = self._new_file(value)
-        uri, _, writer = self._open[value]
+        uri, handle, writer = self._open[value]
         writer.write_table(rows.cast(self.area.schema), row_group_size=max(1, rows.num_rows))
+        if handle.tell() >= self.area.file_bytes:  # type: ignore[attr-defined]
+            self._close(value)
         return uri
 
     def _new_file(self, value: str) -> tuple[str, object, pq.ParquetWriter]:
         folder = f"{self.root}/{self.area.partition_col}={value}"
         self.fs.makedirs(folder, exist_ok=True)
-        path = f"{folder}/part-{self.tag}.parquet"
+        path = f"{folder}/part-{self.tag}-{self._files:05d}.parquet"
+        self._files += 1
         handle = self.native.open_output_stream(path) if self.native else self.fs.open(path, "wb")
         return self.fs.unstrip_protocol(path), handle, pq.ParquetWriter(handle, self.area.schema, **self.area.writer_options())
 
+    def _close(self, value: str) -> None:
+        _, handle, writer = self._open.pop(value)
+        writer.close()
+        handle.close()  # type: ignore[attr-defined]
+
     def close(self) -> None:
-        for _, handle, writer in self._open.values():
-            writer.close()
-            handle.close()  # type: ignore[attr-defined]
-        self._open.clear()
+        for value in list(self._open):
+            self._close(value)
 
 
 ProcessFn = Callable[[pa.RecordBatch], "tuple[pa.Table, pa.RecordBatch]"]
