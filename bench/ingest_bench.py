@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ingest_bench.py images --files 20000      # 256x256 JPEGs -> 224x224 RGB
     .venv/bin/python bench/ingest_bench.py text --rows 200000        # tweets CSV, replicated with distinct texts
+    .venv/bin/python bench/ingest_bench.py text --rows 1000000 --name text-1m   # same at 5x: fixed costs amortised
     .venv/bin/python bench/ingest_bench.py report                    # rewrite BENCHMARKS.md from bench/results/
 
 Baseline: the same per-item work (decode+resize, or normalise+tokenize) in one Python process, with
@@ -207,7 +208,7 @@ def bare_text(path: Path, max_length: int) -> tuple[float, int]:
 
 
 def bench_text(args: argparse.Namespace) -> dict:
-    work = Path(args.workdir) / "text"
+    work = Path(args.workdir) / f"text-{args.rows}"
     csv = work / "landing" / "tweets.csv"
     if not csv.exists():
         make_text(csv, args.rows)
@@ -254,11 +255,12 @@ def main() -> int:
     parser.add_argument("--bare-sample", type=int, default=3000)
     parser.add_argument("--rows", type=int, default=200000)
     parser.add_argument("--workdir", default="/tmp/dlspark-bench")
+    parser.add_argument("--name", help="results file name (bench/results/NAME.json); default: images or text")
     args = parser.parse_args()
     if args.what != "report":
         result = bench_images(args) if args.what == "images" else bench_text(args)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"{args.what}.json").write_text(json.dumps(result, indent=2))
+        (RESULTS / f"{args.name or args.what}.json").write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))
     from bench.report import write_benchmarks_md
 

@@ -13,7 +13,7 @@ The machine has 2 cores; a figure measured while other work ran on it says so.
 """
 
 
-INGEST_RESULTS = ("images", "text")
+INGEST_RESULTS = ("images", "text")  # then any other images-*.json / text-*.json (e.g. a larger run)
 
 
 def _section(r: dict) -> str:
@@ -259,6 +259,7 @@ onnxruntime {m['onnxruntime']}.
 
 def write_benchmarks_md(results: Path, out: Path) -> None:
     files = [results / f"{name}.json" for name in INGEST_RESULTS if (results / f"{name}.json").exists()]
+    files += sorted(f for name in INGEST_RESULTS for f in results.glob(f"{name}-*.json"))
     body = "".join(_section(json.loads(f.read_text())) for f in files)
     if (results / "feeder.json").exists():
         body += _feeder_section(json.loads((results / "feeder.json").read_text()))
