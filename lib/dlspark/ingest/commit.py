@@ -24,8 +24,9 @@ from dlspark.ingest.outcome import (
     QUARANTINED,
     WRITTEN,
     IngestCounts,
-    outcome_counts,
+    OutcomeTally,
     quarantine_rows,
+    tally_outcomes,
     with_outcome,
 )
 from dlspark.ingest.staged import STAGED_FILE, drop_records
@@ -116,8 +117,9 @@ def commit_ingest(
             # small outcome rows, read by several actions: decide dedup once
             classified = with_outcome(records, _existing_hashes(spark, target), dedup=target.dedup).persist(StorageLevel.MEMORY_AND_DISK)
             cleanup.append(classified)
-            writes = _publish_outputs(spark, classified, target, run_id, timings, staged)
-            by_outcome, reasons = outcome_counts(classified), _reason_counts(classified)
+            tally = tally_outcomes(classified, STAGED_FILE)
+            writes = _publish_outputs(spark, classified, tally, target, run_id, timings, staged)
+            by_outcome, reasons = tally.by_outcome, tally.reasons
             metrics = _metrics(records, record_metrics)
             if mapping is not None:
                 write_json(Sidecar(target.output).labels, {"labels": mapping})
@@ -160,14 +162,13 @@ def _existing_hashes(spark: "SparkSession", target: IngestTarget) -> "DataFrame 
     return read_table(spark, target.output, fmt=target.fmt).df.select("sha256")
 
 
-def _publish_outputs(
-    spark: "SparkSession", classified: "DataFrame", target: IngestTarget, run_id: str, timings: StageTimings, staged: StagedWrite
-) -> dict[str, Any]:
+def _publish_outputs(spark: "SparkSession", classified: "DataFrame", tally: OutcomeTally, target: IngestTarget, run_id: str,
+                     timings: StageTimings, staged: StagedWrite) -> dict[str, Any]:
     """Drop duplicates from the staged files, publish the files, write the quarantine rows."""
     with timings.stage("write"):
-        _drop_staged_duplicates(classified, staged)
-        kept = [r[STAGED_FILE] for r in classified.where(F.col("outcome") == WRITTEN).select(STAGED_FILE).distinct().collect()]
-        table = publish_staged_files(spark, staged.staging, target.output, files=kept, fmt=target.fmt,
+        if tally.files_with_duplicates:
+            _drop_staged_duplicates(classified, staged)
+        table = publish_staged_files(spark, staged.staging, target.output, files=tally.written_files, fmt=target.fmt,
                                      schema=staged.schema, partition_by=["split"], delta_writer=target.delta_writer)
     with timings.stage("write_quarantine"):
         bad = quarantine_rows(classified, run_id, source=F.col(target.source_col), raw=_raw(target.raw_col))
@@ -178,7 +179,7 @@ def _publish_outputs(
 
 
 def _drop_staged_duplicates(classified: "DataFrame", staged: StagedWrite) -> None:
-    """Rewrite the staged files that hold records found to be duplicates (rare: usually none)."""
+    """Rewrite the staged files that hold records found to be duplicates."""
     dups = classified.where((F.col("outcome") == DUPLICATE) & F.col(STAGED_FILE).isNotNull())
     by_file: dict[str, list[str]] = {}
     for row in dups.select(STAGED_FILE, "record_id").collect():
@@ -199,11 +200,6 @@ def _metrics(records: "DataFrame", exprs: "Mapping[str, Column] | None") -> dict
         return {}
     row = records.agg(*[expr.alias(name) for name, expr in exprs.items()]).first()
     return {name: row[name] for name in exprs} if row else {}
-
-
-def _reason_counts(classified: "DataFrame") -> dict[str, int]:
-    rows = classified.where(F.col("reject_reason").isNotNull()).groupBy("reject_reason").count().collect()
-    return {r["reject_reason"]: int(r["count"]) for r in rows}
 
 
 def _summary(target, run_id, counts, reasons, mapping, writes, timings, context) -> dict[str, Any]:  # noqa: ANN001

@@ -88,10 +88,28 @@ def _duplicates(valid: "DataFrame", existing_hashes: "DataFrame | None") -> "Dat
     return in_table.unionByName(within.join(in_table.select("record_id"), on="record_id", how="left_anti"))
 
 
-def outcome_counts(df: "DataFrame") -> dict[str, int]:
-    """Rows per outcome, in one small aggregation."""
-    counts = {row["outcome"]: row["n"] for row in df.groupBy("outcome").agg(F.count("*").alias("n")).collect()}
-    return {k: int(counts.get(k, 0)) for k in (WRITTEN, DUPLICATE, QUARANTINED)}
+@dataclass(frozen=True)
+class OutcomeTally:
+    """What the classified records of a run add up to, from one small aggregation."""
+
+    by_outcome: dict[str, int]            # written / duplicate / quarantined -> records
+    reasons: dict[str, int]               # reject reason -> records
+    written_files: list[str]              # files holding at least one written record
+    files_with_duplicates: int            # files holding a duplicate record (to be rewritten without it)
+
+
+def tally_outcomes(df: "DataFrame", file_col: str) -> OutcomeTally:
+    """Count ``df``'s records by outcome, reject reason and the file (``file_col``) each went to."""
+    rows = df.groupBy("outcome", "reject_reason", file_col).agg(F.count("*").alias("n")).collect()
+    by_outcome = {k: 0 for k in (WRITTEN, DUPLICATE, QUARANTINED)}
+    reasons: dict[str, int] = {}
+    for row in rows:
+        by_outcome[row["outcome"]] += int(row["n"])
+        if row["reject_reason"] is not None:
+            reasons[row["reject_reason"]] = reasons.get(row["reject_reason"], 0) + int(row["n"])
+    written = sorted({r[file_col] for r in rows if r["outcome"] == WRITTEN})
+    duplicated = {r[file_col] for r in rows if r["outcome"] == DUPLICATE and r[file_col] is not None}
+    return OutcomeTally(by_outcome, reasons, written, len(duplicated))
 
 
 def quarantine_rows(df: "DataFrame", run_id: str, *, source: "Column", raw: "Column") -> "DataFrame":
