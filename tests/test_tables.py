@@ -397,3 +397,27 @@ def test_spark_delta_writer_round_trip(spark, tmp_path):
     assert (first.version, second.version, second.writer) == (0, 1, "spark-delta")
     assert [tuple(r) for r in read_table(spark, path, fmt="delta").df.collect()] == [(2, "b")]
     assert [tuple(r) for r in read_table(spark, path, fmt="delta", version=0).df.collect()] == [(1, "a")]
+
+
+def _stage_file(staging: Path, table: pa.Table) -> str:
+    (staging / "split=train").mkdir(parents=True)
+    pq.write_table(table, staging / "split=train/part-0.parquet")
+    return f"file://{staging}/split=train/part-0.parquet"
+
+
+def test_publish_to_a_parquet_table_with_other_columns_is_refused(spark, tmp_path):
+    """A Parquet table has no schema log: staged files with other columns must not be appended silently."""
+    table = tmp_path / "t"
+    schema = T.StructType([T.StructField("a", T.LongType()), T.StructField("split", T.StringType())])
+    first = _stage_file(tmp_path / "s1", pa.table({"a": pa.array([1, 2], pa.int64())}))
+    tables.publish_staged_files(spark, str(tmp_path / "s1"), str(table), files=[first], fmt="parquet", schema=schema,
+                                partition_by=["split"])
+    same = _stage_file(tmp_path / "s2", pa.table({"a": pa.array([3], pa.int64())}))
+    assert tables.publish_staged_files(spark, str(tmp_path / "s2"), str(table), files=[same], fmt="parquet", schema=schema,
+                                       partition_by=["split"]).rows == 1
+    other = _stage_file(tmp_path / "s3", pa.table({"record_id": ["x"], "a": pa.array([4], pa.int64())}))
+    with pytest.raises(TableError, match=r"has columns \['a'\] but this run writes \['record_id', 'a'\].*new output path"):
+        tables.publish_staged_files(spark, str(tmp_path / "s3"), str(table), files=[other], fmt="parquet", schema=schema,
+                                    partition_by=["split"])
+    assert sorted(r["a"] for r in spark.read.parquet(str(table)).collect()) == [1, 2, 3]
+    assert not (tmp_path / "s3").exists()  # staging removed on failure too

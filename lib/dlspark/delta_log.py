@@ -157,10 +157,10 @@ def fingerprint(files: Iterable[tuple[str, int]]) -> str:
 def data_files(fs: AbstractFileSystem, root: str) -> dict[str, int]:
     """Path -> size of the files Spark would read under ``root`` (no ``_x``/``.x`` names; ``_c=v`` dirs kept)."""
     found = fs.find(root, detail=True)
-    return {p: int(info["size"]) for p, info in found.items() if not _is_hidden(p[len(root) + 1:])}
+    return {p: int(info["size"]) for p, info in found.items() if not is_hidden(p[len(root) + 1:])}
 
 
-def _is_hidden(rel: str) -> bool:
+def is_hidden(rel: str) -> bool:
     return any(part.startswith(".") or (part.startswith("_") and "=" not in part) for part in rel.split("/"))
 
 

@@ -386,6 +386,7 @@ def publish_staged_files(spark: SparkSession, staging: str, table_uri: str, *, f
 
 
 def _publish_parquet(fs: AbstractFileSystem, uri: str, root: str, staged_root: str, partition_by: list[str]) -> WriteResult:
+    _check_same_columns(fs, uri, root, staged_root)
     moved: list[str] = []
     rows = 0
     for path in sorted(delta_log.data_files(fs, staged_root)):
@@ -397,6 +398,31 @@ def _publish_parquet(fs: AbstractFileSystem, uri: str, root: str, staged_root: s
         moved.append(target)
     log.info("published %d rows in %d parquet files to %s", rows, len(moved), uri)
     return WriteResult(uri, "parquet", "append", None, len(moved), rows, "python-parquet")
+
+
+def _check_same_columns(fs: AbstractFileSystem, uri: str, root: str, staged_root: str) -> None:
+    """A Parquet table has no log to hold its schema: files with other columns would be appended silently
+    and readers would see one file's schema. Compare the staged files with one file already in the table."""
+    staged = next(iter(sorted(delta_log.data_files(fs, staged_root))), None)
+    existing = _first_data_file(fs, root)
+    if staged is None or existing is None:
+        return
+    new, old = (delta_log.read_footer(fs, p).schema.to_arrow_schema() for p in (staged, existing))
+    if [(f.name, f.type) for f in new] != [(f.name, f.type) for f in old]:
+        raise TableError(
+            f"the Parquet table {uri} has columns {old.names} but this run writes {new.names} (types included): "
+            "write to a new output path, or re-ingest into an empty one, after a change of the table's columns")
+
+
+def _first_data_file(fs: AbstractFileSystem, root: str) -> str | None:
+    """One data file of the table (stops at the first), or None."""
+    for folder, dirs, names in fs.walk(root):
+        rel = folder[len(root):].strip("/")
+        dirs[:] = sorted(d for d in dirs if not delta_log.is_hidden(f"{rel}/{d}".strip("/")))
+        for name in sorted(names):
+            if name.endswith(".parquet") and not delta_log.is_hidden(f"{rel}/{name}".strip("/")):
+                return f"{folder.rstrip('/')}/{name}"
+    return None
 
 
 def _publish_delta_rs(uri: str, fs: AbstractFileSystem, root: str, staged_root: str, schema: dict,
