@@ -117,7 +117,8 @@ def commit_ingest(
             # small outcome rows, read by several actions: decide dedup once
             classified = with_outcome(records, _existing_hashes(spark, target), dedup=target.dedup).persist(StorageLevel.MEMORY_AND_DISK)
             cleanup.append(classified)
-            tally = tally_outcomes(classified, STAGED_FILE)
+            with timings.stage("dedup"):  # the first action on `classified`: where dedup is computed
+                tally = tally_outcomes(classified, STAGED_FILE)
             writes = _publish_outputs(spark, classified, tally, target, run_id, timings, staged)
             by_outcome, reasons = tally.by_outcome, tally.reasons
             metrics = _metrics(records, record_metrics)
