@@ -22,6 +22,7 @@ from dlspark.ingest.files import (
     find_new_files,
     qualified_uri,
     read_contents,
+    released_on_error,
 )
 from dlspark.ingest.staged import STAGED_FILE, StagingArea, stage_batches
 from dlspark.paths import resolve_path
@@ -44,11 +45,12 @@ def ingest_images(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestR
     timings = StageTimings()
     # `listing` is persisted; commit_ingest unpersists it (a derived frame such as `files` holds no cache).
     listing, counts, read_from = find_new_files(spark, source, icfg.glob, icfg.recursive, Sidecar(target.output), timings)
-    files = _with_labels(spark, listing, icfg, source, cfg.paths.data_dir)
-    staged = StagedWrite(new_staging_uri(target.output), spark.createDataFrame([], table_ddl(icfg.keep_original)).schema,
-                         label_mapping(files, target) if counts.new else None, blob_columns=BLOB_COLUMNS)
-    job = _batch_job(cfg, staged, run_id)
-    records = _decode(spark, read_from, files, cfg, job, staged) if counts.new else _empty_records(spark)
+    with released_on_error(listing):
+        files = _with_labels(spark, listing, icfg, source, cfg.paths.data_dir)
+        staged = StagedWrite(new_staging_uri(target.output), spark.createDataFrame([], table_ddl(icfg.keep_original)).schema,
+                             label_mapping(files, target) if counts.new else None, blob_columns=BLOB_COLUMNS)
+        job = _batch_job(cfg, staged, run_id)
+        records = _decode(spark, read_from, files, cfg, job, staged) if counts.new else _empty_records(spark)
     context = {"input": source, "config_hash": config_hash(cfg), "image_shape": list(_spec(icfg).shape)}
     return commit_ingest(spark, records, listing, counts, target, run_id=run_id, timings=timings, context=context,
                          staged=staged)

@@ -17,7 +17,7 @@ from pyspark.sql import types as T
 
 from dlspark.config import AppConfig, TextIngestConfig, config_hash
 from dlspark.ingest.commit import IngestReport, IngestTarget, StagedWrite, commit_ingest, label_mapping
-from dlspark.ingest.files import Sidecar, find_new_files
+from dlspark.ingest.files import Sidecar, find_new_files, released_on_error
 from dlspark.ingest.staged import STAGED_FILE, StagingArea, stage_batches
 from dlspark.paths import resolve_path
 from dlspark.runlog import StageTimings
@@ -45,10 +45,11 @@ def ingest_text(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestRep
     target = text_target(cfg)
     timings = StageTimings()
     files, counts, read_from = find_new_files(spark, source, "*", True, Sidecar(target.output), timings)
-    rows = read_rows(spark, read_from, tcfg) if counts.new else None
-    staged = StagedWrite(new_staging_uri(target.output), spark.createDataFrame([], TABLE_DDL).schema,
-                         label_mapping(rows, target) if rows is not None else None, id_column="record_id")
-    records = _tokenize(rows, cfg, staged, run_id) if rows is not None else spark.createDataFrame([], OUTCOME_SCHEMA)
+    with released_on_error(files):
+        rows = read_rows(spark, read_from, tcfg) if counts.new else None
+        staged = StagedWrite(new_staging_uri(target.output), spark.createDataFrame([], TABLE_DDL).schema,
+                             label_mapping(rows, target) if rows is not None else None, id_column="record_id")
+        records = _tokenize(rows, cfg, staged, run_id) if rows is not None else spark.createDataFrame([], OUTCOME_SCHEMA)
     metrics = {
         "encoding_replaced": F.sum(F.col("encoding_replaced").cast("long")),
         "truncated": F.sum(F.col("truncated").cast("long")),

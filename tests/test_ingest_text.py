@@ -120,3 +120,4 @@ def test_missing_text_column_names_the_key_and_the_columns(spark, tmp_path):
     (tmp_path / "landing/a.csv").write_text("sentiment,body\npositive,hi\n")
     with pytest.raises(InputSchemaError, match=r"ingest_text.text_column='text'.*\['sentiment', 'body'\]"):
         ingest_text(spark, text_cfg(tmp_path), "run-1")
+    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()  # the failed run released its file listing

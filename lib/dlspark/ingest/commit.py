@@ -131,7 +131,7 @@ def commit_ingest(
             with timings.stage("ledger"):
                 append_ledger(files, Sidecar(target.output), run_id)
     finally:
-        for df in (records, files, *cleanup):
+        for df in (*cleanup, records, files):  # dependents first: unpersisting a base re-caches them
             df.unpersist()
         staged.discard()
     counts = IngestCounts(

@@ -6,12 +6,13 @@ processed is not read again. It lives in ``<output>/_dlspark/ledger`` (Spark and
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -183,3 +184,14 @@ def find_new_files(
     log.info("%d files listed, %d already ingested, %d new", listed, listed - n_new, n_new)
     read_from: str | list[str] = source if n_new == listed else [r["path"] for r in new.select("path").collect()]
     return new, FileCounts(listed, listed - n_new, n_new), read_from
+
+
+@contextlib.contextmanager
+def released_on_error(listing: "DataFrame") -> Iterator[None]:
+    """Unpersist ``listing`` (from :func:`find_new_files`) if the block fails before ``commit_ingest``
+    takes it over (a bad input column, an unreadable labels CSV): no cached frame outlives a failed run."""
+    try:
+        yield
+    except BaseException:
+        listing.unpersist()
+        raise
