@@ -24,7 +24,7 @@ from dlspark.ingest.files import (
     read_contents,
     released_on_error,
 )
-from dlspark.ingest.staged import STAGED_FILE, StagingArea, stage_batches
+from dlspark.ingest.staged import StagingArea, stage_batches, staged_outcome_ddl
 from dlspark.paths import resolve_path
 from dlspark.runlog import StageTimings
 from dlspark.spark.tables import new_staging_uri
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OUTCOME_SCHEMA = f"{OUTCOME_DDL}, {STAGED_FILE} string"
+OUTCOME_SCHEMA = staged_outcome_ddl(OUTCOME_DDL)
 
 
 def ingest_images(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestReport:

@@ -18,7 +18,7 @@ from pyspark.sql import types as T
 from dlspark.config import AppConfig, TextIngestConfig, config_hash
 from dlspark.ingest.commit import IngestReport, IngestTarget, StagedWrite, commit_ingest, label_mapping
 from dlspark.ingest.files import Sidecar, find_new_files, released_on_error
-from dlspark.ingest.staged import STAGED_FILE, StagingArea, stage_batches
+from dlspark.ingest.staged import StagingArea, stage_batches, staged_outcome_ddl
 from dlspark.paths import resolve_path
 from dlspark.runlog import StageTimings
 from dlspark.spark.tables import new_staging_uri
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CORRUPT = "_corrupt_record"
-OUTCOME_SCHEMA = f"{OUTCOME_DDL}, {STAGED_FILE} string"
+OUTCOME_SCHEMA = staged_outcome_ddl(OUTCOME_DDL)
 
 
 class InputSchemaError(ValueError):

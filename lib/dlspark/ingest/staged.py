@@ -128,6 +128,11 @@ class PartitionWriters:
 ProcessFn = Callable[[pa.RecordBatch], "tuple[pa.Table, pa.RecordBatch]"]
 
 
+def staged_outcome_ddl(outcome_ddl: str) -> str:
+    """Spark DDL of what :func:`stage_batches` yields: ``process``'s outcome columns, then ``staged_file``."""
+    return f"{outcome_ddl}, {STAGED_FILE} string"
+
+
 def stage_batches(batches: Iterable[pa.RecordBatch], process: ProcessFn, area: StagingArea) -> Iterator[pa.RecordBatch]:
     """The ``mapInArrow`` body: ``process`` turns an input batch into (good rows, outcome rows).
 
