@@ -110,7 +110,7 @@ def bare_images_written(paths: list[Path], target: int, out: Path) -> float:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from dlspark.ingest.staged import writer_options
+    from dlspark.tables.staged import writer_options
 
     schema = pa.schema([("path", pa.string()), ("sha256", pa.string()), ("pixels", pa.binary())])
     shutil.rmtree(out, ignore_errors=True)

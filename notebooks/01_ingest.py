@@ -14,7 +14,7 @@
 
 from dlspark.notebook import get_spark, new_run, notebook_config, widget
 from dlspark.paths import resolve_path
-from dlspark.spark.tables import read_table
+from dlspark.tables import read_table
 from pipelines.ingest_images import ingest_images
 from pipelines.ingest_text import ingest_text
 

@@ -24,7 +24,7 @@ from dlspark.datasets.replay import ReplaySpec, replay, synthetic_messages, twee
 from dlspark.datasets.tweets import tweets_csv_path
 from dlspark.notebook import flag, get_spark, integer, new_run, notebook_config, widget
 from dlspark.paths import resolve_path
-from dlspark.spark.tables import read_table
+from dlspark.tables import read_table
 from pipelines.batch_inference import score_table
 from pipelines.stream_sentiment import RunMode, stream_sentiment
 

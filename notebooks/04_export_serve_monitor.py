@@ -22,7 +22,7 @@ from dlspark.notebook import get_spark, new_run, notebook_config, widget
 from dlspark.paths import resolve_path
 from dlspark.serving import create_app
 from dlspark.serving.factory import served_model_uri, service_from_config
-from dlspark.spark.tables import read_table
+from dlspark.tables import read_table
 from dlspark.tracking import resolve_tracking
 from pipelines.monitor import monitor
 

@@ -27,7 +27,7 @@ from dlspark.inference.spark_scoring import resource_profile, score_dataframe, s
 from dlspark.ingest.outcome import CountMismatch
 from dlspark.paths import resolve_path
 from dlspark.runlog import read_json, write_json
-from dlspark.spark.tables import read_table, table_exists, write_table
+from dlspark.tables import delete_where, read_table, table_exists, write_table
 from dlspark.tracking import TrackingTarget, resolve_tracking
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def score_table(spark: SparkSession, cfg: AppConfig, run_id: str) -> ScoringRepo
         log.info("input %s@%s was already scored by %s on %s: nothing to do", input_uri, input_version,
                  bundle.ref.label, done.get("scored_date"))
         return _report(done, skipped=True)
-    _remove_partial_run(spark, output, icfg.format, key)
+    _remove_partial_run(spark, output, icfg.format, key, cfg.spark.delta_writer)
     rows = snapshot.df if icfg.split is None else snapshot.df.where(F.col("split") == icfg.split)
     if icfg.only_new:
         rows = unscored_rows(spark, rows, output, icfg.format, bundle)
@@ -105,7 +105,7 @@ def unscored_rows(spark: SparkSession, rows: DataFrame, output: str, fmt: str, b
     key = next((c for c in ("sha256", "record_id") if c in rows.columns), None)
     if key is None:
         raise ValueError(f"inference.only_new needs a row id column (sha256 or record_id); the input has {rows.columns}")
-    if not table_exists(spark, output, fmt=fmt):
+    if not table_exists(output, fmt=fmt):
         return rows
     done = read_table(spark, output, fmt=fmt).df
     if key not in done.columns:
@@ -189,32 +189,16 @@ def _run_columns(bundle: ModelBundle, input_uri: str, input_version: str, key: s
             F.lit(now.date().isoformat()).cast("date").alias("scored_date")]
 
 
-def _remove_partial_run(spark: SparkSession, output: str, fmt: str, key: str) -> None:
+def _remove_partial_run(spark: SparkSession, output: str, fmt: str, key: str, delta_writer: str) -> None:
     """Delete rows of ``key`` left by a run that died after writing but before recording its marker."""
-    if not table_exists(spark, output, fmt=fmt):
+    if not table_exists(output, fmt=fmt):
         return
-    df = read_table(spark, output, fmt=fmt).df
-    if "scoring_key" not in df.columns:
+    if "scoring_key" not in read_table(spark, output, fmt=fmt).df.columns:
         raise ValueError(f"{output} exists but is not a predictions table (no scoring_key column); "
                          "set inference.output to a new path")
-    leftovers = df.where(F.col("scoring_key") == key)
-    if leftovers.limit(1).count() == 0:
-        return
-    if fmt == "delta":
-        from deltalake import DeltaTable
-
-        from dlspark.delta_log import delta_rs_uri
-
-        DeltaTable(delta_rs_uri(output)).delete(f"scoring_key = '{key}'")
-    else:
-        import fsspec
-
-        files = [r[0] for r in leftovers.select(F.input_file_name()).distinct().collect()]
-        fs, _ = fsspec.core.url_to_fs(output)
-        for uri in files:
-            fs.rm(fsspec.core.url_to_fs(uri)[1])
-        spark.catalog.clearCache()
-    log.warning("removed the rows of an unfinished scoring run (scoring_key %s) from %s", key, output)
+    removed = delete_where(spark, output, fmt=fmt, column="scoring_key", value=key, delta_writer=delta_writer)
+    if removed:
+        log.warning("removed the %d rows of an unfinished scoring run (scoring_key %s) from %s", removed, key, output)
 
 
 def _train_test_accuracy(target: TrackingTarget, bundle: ModelBundle) -> float | None:

@@ -14,20 +14,15 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig, ImageIngestConfig, config_hash
+from dlspark.filesystem import qualify
 from dlspark.images import ImageSpec
-from dlspark.images.batches import BLOB_COLUMNS, OUTCOME_DDL, ImageBatchJob, decode_batch, table_ddl, table_schema
+from dlspark.images.batches import BLOB_COLUMNS, OUTCOME_DDL, ImageBatchJob, decode_batch, table_schema
 from dlspark.ingest.commit import IngestReport, IngestTarget, StagedWrite, commit_ingest, label_mapping
-from dlspark.ingest.files import (
-    Sidecar,
-    find_new_files,
-    qualified_uri,
-    read_contents,
-    released_on_error,
-)
-from dlspark.ingest.staged import StagingArea, stage_batches, staged_outcome_ddl
+from dlspark.ingest.files import Sidecar, find_new_files, released_on_error
+from dlspark.ingest.reading import read_then
 from dlspark.paths import resolve_path
 from dlspark.runlog import StageTimings
-from dlspark.spark.tables import new_staging_uri
+from dlspark.tables.staged import stage_batches, staged_outcome_ddl
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -44,13 +39,13 @@ def ingest_images(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestR
     target = image_target(cfg)
     timings = StageTimings()
     # `listing` is persisted; commit_ingest unpersists it (a derived frame such as `files` holds no cache).
-    listing, counts, read_from = find_new_files(spark, source, icfg.glob, icfg.recursive, Sidecar(target.output), timings)
+    listing, counts, _ = find_new_files(spark, source, icfg.glob, icfg.recursive, Sidecar(target.output), timings)
     with released_on_error(listing):
         files = _with_labels(spark, listing, icfg, source, cfg.paths.data_dir)
-        staged = StagedWrite(new_staging_uri(target.output), spark.createDataFrame([], table_ddl(icfg.keep_original)).schema,
-                             label_mapping(files, target) if counts.new else None, blob_columns=BLOB_COLUMNS)
+        staged = StagedWrite.start(target.sink(table_schema(icfg.keep_original), BLOB_COLUMNS),
+                                   label_mapping(files, target) if counts.new else None)
         job = _batch_job(cfg, staged, run_id)
-        records = _decode(spark, read_from, files, cfg, job, staged) if counts.new else _empty_records(spark)
+        records = _decode(spark, files, cfg, job, staged) if counts.new else _empty_records(spark)
     context = {"input": source, "config_hash": config_hash(cfg), "image_shape": list(_spec(icfg).shape)}
     return commit_ingest(spark, records, listing, counts, target, run_id=run_id, timings=timings, context=context,
                          staged=staged)
@@ -78,21 +73,19 @@ def _batch_job(cfg: AppConfig, staged: StagedWrite, run_id: str) -> ImageBatchJo
     return ImageBatchJob(_spec(icfg), icfg.split, icfg.keep_original, staged.labels, run_id, datetime.now(timezone.utc))
 
 
-def _decode(spark, read_from, files: "DataFrame", cfg: AppConfig, job: ImageBatchJob,  # noqa: ANN001
-            staged: StagedWrite) -> "DataFrame":
-    """One outcome row per new file. Readable files are decoded and their good rows written to staged files
-    by the Python workers; empty or oversize files are rejected from the listing, unread."""
-    icfg, data_dir = cfg.ingest_images, cfg.paths.data_dir
-    source = resolve_path(data_dir, icfg.input)
-    contents = read_contents(spark, read_from, glob=icfg.glob, recursive=icfg.recursive)
-    contents = contents.where(F.col("length").between(1, icfg.max_file_bytes))
-    contents = _with_labels(spark, contents, icfg, source, data_dir).select("path", "modificationTime", "length", "content", "label")
-    # One task per core: the workers start one file after another (StagingArea.file_bytes), so a task can
-    # take any share of the input, and each further task would cost its start-up (~0.4 s on 2 cores).
-    contents = contents.coalesce(spark.sparkContext.defaultParallelism)
-    area = StagingArea(staged.staging, table_schema(icfg.keep_original), blob_columns=BLOB_COLUMNS)
-    fn = partial(stage_batches, process=partial(decode_batch, job=job), area=area)
-    return contents.mapInArrow(fn, OUTCOME_SCHEMA).unionByName(_unreadable(files, icfg.max_file_bytes))
+def _decode(spark: "SparkSession", files: "DataFrame", cfg: AppConfig, job: ImageBatchJob, staged: StagedWrite) -> "DataFrame":
+    """One outcome row per new file. The Python workers read each listed file (through dlspark.filesystem:
+    any location it opens, names as they are), decode it and write the good rows to staged files; a file that
+    vanished or changed since listing is rejected with that reason; empty or oversize files are rejected from
+    the listing, unread."""
+    icfg = cfg.ingest_images
+    listed = files.where(F.col("length").between(1, icfg.max_file_bytes)).select("path", "modification_time", "length", "label")
+    # The listing is one small file: spread its rows over one task per core. The workers start one file after
+    # another (StagingArea.file_bytes), so a task can take any share, and more tasks would each cost a start-up.
+    listed = listed.repartition(spark.sparkContext.defaultParallelism, "path")
+    process = partial(read_then, process=partial(decode_batch, job=job))
+    fn = partial(stage_batches, process=process, area=staged.area)
+    return listed.mapInArrow(fn, OUTCOME_SCHEMA).unionByName(_unreadable(files, icfg.max_file_bytes))
 
 
 def _unreadable(files: "DataFrame", limit: int) -> "DataFrame":
@@ -131,7 +124,7 @@ def _with_csv_labels(spark: "SparkSession", decoded: "DataFrame", csv_path: str,
     missing = {"path", "label"} - set(labels.columns)
     if missing:
         raise ValueError(f"ingest_images.labels_csv {csv_path}: needs a header with columns path,label; missing {sorted(missing)}")
-    root = qualified_uri(spark, source).rstrip("/") + "/"
+    root = qualify(source).rstrip("/") + "/"
     rel = F.expr(f"substring(path, {len(root) + 1})")
     labels = labels.select(F.regexp_replace("path", r"^(\./|/)", "").alias("_rel"), "label").dropDuplicates(["_rel"])
     return decoded.withColumn("_rel", rel).join(F.broadcast(labels), on="_rel", how="left").drop("_rel")

@@ -18,11 +18,10 @@ from pyspark.sql import types as T
 from dlspark.config import AppConfig, TextIngestConfig, config_hash
 from dlspark.ingest.commit import IngestReport, IngestTarget, StagedWrite, commit_ingest, label_mapping
 from dlspark.ingest.files import Sidecar, find_new_files, released_on_error
-from dlspark.ingest.staged import StagingArea, stage_batches, staged_outcome_ddl
 from dlspark.paths import resolve_path
 from dlspark.runlog import StageTimings
-from dlspark.spark.tables import new_staging_uri
-from dlspark.text.batches import OUTCOME_DDL, TABLE_DDL, TABLE_SCHEMA, TextBatchJob, TokenizeSpec, tokenize_table_batch
+from dlspark.tables.staged import stage_batches, staged_outcome_ddl
+from dlspark.text.batches import OUTCOME_DDL, TABLE_SCHEMA, TextBatchJob, TokenizeSpec, tokenize_table_batch
 from dlspark.text.normalize import NormalizeSpec
 
 if TYPE_CHECKING:
@@ -47,8 +46,8 @@ def ingest_text(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestRep
     files, counts, read_from = find_new_files(spark, source, "*", True, Sidecar(target.output), timings)
     with released_on_error(files):
         rows = read_rows(spark, read_from, tcfg) if counts.new else None
-        staged = StagedWrite(new_staging_uri(target.output), spark.createDataFrame([], TABLE_DDL).schema,
-                             label_mapping(rows, target) if rows is not None else None, id_column="record_id")
+        staged = StagedWrite.start(target.sink(TABLE_SCHEMA), label_mapping(rows, target) if rows is not None else None,
+                                   id_column="record_id")
         records = _tokenize(rows, cfg, staged, run_id) if rows is not None else spark.createDataFrame([], OUTCOME_SCHEMA)
     metrics = {
         "encoding_replaced": F.sum(F.col("encoding_replaced").cast("long")),
@@ -125,8 +124,7 @@ def _tokenize(rows: "DataFrame", cfg: AppConfig, staged: StagedWrite, run_id: st
         normalize=NormalizeSpec(tcfg.lowercase, tcfg.mask_urls, tcfg.mask_mentions, tcfg.url_token, tcfg.mention_token),
     )
     job = TextBatchJob(spec, staged.labels, run_id, datetime.now(timezone.utc))
-    area = StagingArea(staged.staging, TABLE_SCHEMA)
-    fn = partial(stage_batches, process=partial(tokenize_table_batch, job=job), area=area)
+    fn = partial(stage_batches, process=partial(tokenize_table_batch, job=job), area=staged.area)
     return _spread(rows).mapInArrow(fn, OUTCOME_SCHEMA)
 
 

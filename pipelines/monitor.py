@@ -19,18 +19,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Sequence
 
-import fsspec
 import numpy as np
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig, ConfigError
+from dlspark.filesystem import read_text, write_text
 from dlspark.inference.model import ModelBundle, load_model
 from dlspark.monitoring import Metric, Sample, Thresholds, compare_samples, drifted, per_class_probabilities
 from dlspark.monitoring.features import image_stats, unknown_rate_fn
 from dlspark.monitoring.report import class_share_png, histogram_png, render_html
 from dlspark.paths import resolve_path
-from dlspark.spark.tables import read_table, write_table
+from dlspark.tables import read_table, write_table
 from dlspark.tracking import resolve_tracking, start_run
 from pipelines.batch_inference import DEFAULT_PASSTHROUGH, label_accuracy, requested_model, score_rows
 
@@ -95,7 +95,7 @@ def monitor(spark: SparkSession, cfg: AppConfig, run_id: str) -> MonitorReport:
     facts = {"run id": run_id, "baseline": names[0], "current": names[1], "model": bundle.ref.label,
              "computed at": f"{now:%Y-%m-%d %H:%M:%S} UTC", "PSI bins": mcfg.bins, "psi_threshold": t.psi,
              "ks_pvalue": t.ks_pvalue, "min_rows": t.min_rows}
-    _write_text(report_path, render_html(f"Drift report {run_id}", facts, metrics, _plots(samples, bundle.labels)))
+    write_text(report_path, render_html(f"Drift report {run_id}", facts, metrics, _plots(samples, bundle.labels)))
     mlflow_run = _log_mlflow(cfg, target, run_id, facts, metrics, report_path)
     report = MonitorReport(run_id, names[0], names[1], bundle.ref.label, tuple(metrics), output, report_path, mlflow_run)
     log.info("%s", report.describe())
@@ -216,13 +216,6 @@ def _plots(samples: list[Sample], classes: Sequence[str]) -> dict[str, bytes]:
     return plots
 
 
-def _write_text(path: str, text: str) -> None:
-    fs, local = fsspec.core.url_to_fs(path)
-    fs.makedirs(local.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(local, "w", encoding="utf-8") as fh:
-        fh.write(text)
-
-
 def _log_mlflow(cfg: AppConfig, target, run_id: str, facts: dict, metrics: Sequence[Metric], report_path: str) -> str:
     """One MLflow run: the facts as params, every metric value, the count of drifted metrics, the report."""
     import mlflow
@@ -234,7 +227,7 @@ def _log_mlflow(cfg: AppConfig, target, run_id: str, facts: dict, metrics: Seque
         if "://" not in report_path or report_path.startswith("file:"):
             mlflow.log_artifact(report_path.removeprefix("file://"), artifact_path="monitoring")
         else:
-            mlflow.log_text(fsspec.open(report_path, "r").open().read(), "monitoring/report.html")
+            mlflow.log_text(read_text(report_path) or "", "monitoring/report.html")
         return run.info.run_id
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig, ConfigError
+from dlspark.filesystem import exists, makedirs
 from dlspark.inference.inputs import ingest_text_fallback
 from dlspark.inference.model import ModelBundle, load_model
 from dlspark.inference.spark_scoring import score_dataframe, scoring_spec, ship_model
@@ -158,7 +159,7 @@ def read_messages(spark: SparkSession, cfg: AppConfig, paths: StreamPaths) -> Da
     s = cfg.stream
     if s.source == "kafka":
         return read_kafka_source(spark, str(s.kafka_bootstrap_servers), str(s.kafka_topic))
-    _mkdirs(spark, paths.input)
+    makedirs(paths.input)
     return read_file_source(spark, paths.input, s.max_files_per_trigger)
 
 
@@ -195,7 +196,7 @@ def start_file_sink(df: DataFrame, name: str, path: str, paths: StreamPaths, tri
 def start_aggregates(spark: SparkSession, cfg: AppConfig, paths: StreamPaths, schema: Any, positive: int,
                      trigger: dict) -> StreamingQuery:
     """Windowed aggregates over the committed predictions (read back as a file stream)."""
-    _mkdirs(spark, paths.output)
+    makedirs(paths.output)
     predictions = spark.readStream.schema(schema).parquet(paths.output)
     windows = window_aggregates(predictions, window=cfg.stream.window, watermark=cfg.stream.watermark,
                                 positive_index=positive)
@@ -307,7 +308,7 @@ def _raise_if_failed(query: StreamingQuery) -> None:
 
 
 def _count(spark: SparkSession, path: str, fmt: str = "parquet") -> int:
-    if not _exists(spark, path):
+    if not exists(path):
         return 0
     reader = spark.read.text if fmt == "text" else spark.read.parquet
     try:
@@ -316,19 +317,3 @@ def _count(spark: SparkSession, path: str, fmt: str = "parquet") -> int:
         if "Unable to infer schema" in str(exc):
             return 0
         raise
-
-
-def _hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
-    jvm = spark._jvm  # type: ignore[attr-defined]
-    p = jvm.org.apache.hadoop.fs.Path(path)
-    return p.getFileSystem(spark._jsc.hadoopConfiguration()), p  # type: ignore[attr-defined]
-
-
-def _exists(spark: SparkSession, path: str) -> bool:
-    fs, p = _hadoop_path(spark, path)
-    return bool(fs.exists(p))
-
-
-def _mkdirs(spark: SparkSession, path: str) -> None:
-    fs, p = _hadoop_path(spark, path)
-    fs.mkdirs(p)

@@ -29,7 +29,7 @@ from dlspark.feed import (
 from dlspark.ingest.files import Sidecar
 from dlspark.paths import resolve_path
 from dlspark.runlog import read_json
-from dlspark.spark.tables import TableSnapshot, read_table
+from dlspark.tables import TableSnapshot, read_table
 from dlspark.tracking import RegistrationResult, log_run_inputs, register_and_promote, resolve_tracking, start_run
 from dlspark.train import TrainJob, TrainResult, run_training
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlspark.config import AppConfig, to_dict
 from dlspark.paths import resolve_path
-from dlspark.spark.tables import read_table
+from dlspark.tables import read_table
 from dlspark.tracking import TrackingTarget, log_run_inputs, resolve_tracking, start_run
 from dlspark.tuning import study as studies
 from dlspark.tuning.results import trial_record, write_best_yaml, write_trials_json

@@ -174,7 +174,7 @@ def test_delta_output_is_idempotent_and_a_committed_run_without_marker_is_not_du
     second = score_table(spark, cfg, "r2")
     assert not second.skipped and second.rows == 10
     assert score_table(spark, cfg, "r3").skipped
-    from dlspark.spark.tables import read_table
+    from dlspark.tables import read_table
 
     snapshot = read_table(spark, str(out), fmt="delta")
     assert snapshot.df.count() == 10 and snapshot.version == 2    # write, delete the leftovers, write again

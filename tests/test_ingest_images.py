@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from dlspark.config import load_config
 from dlspark.ingest.files import InputNotFound
-from dlspark.spark.tables import read_table
+from dlspark.tables import read_table
 from pipelines.ingest_images import ingest_images
 from tests.image_zoo import bad_files, good_tree, jpeg_bytes, write_tree
 

@@ -8,7 +8,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from dlspark.config import load_config
-from dlspark.spark.tables import read_table
+from dlspark.tables import read_table
 from pipelines.ingest_text import InputSchemaError, ingest_text
 
 CSV = (

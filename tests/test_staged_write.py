@@ -11,7 +11,7 @@ import pytest
 from dlspark.config import SplitConfig
 from dlspark.images import ImageSpec
 from dlspark.images.batches import OUTCOME_DDL, ImageBatchJob, decode_batch, table_ddl, table_schema
-from dlspark.ingest.staged import STAGED_FILE, StagingArea, drop_records, stage_batches
+from dlspark.tables.staged import STAGED_FILE, StagingArea, drop_records, stage_batches
 from tests.image_zoo import jpeg_bytes, png_bytes
 
 LABELS = {"cat": 0, "dog": 1}
@@ -23,10 +23,10 @@ def _job(keep_original: bool = False, labels: dict | None = LABELS) -> ImageBatc
 
 
 def _files_batch(rows: list[tuple[str, bytes, str | None]]) -> pa.RecordBatch:
-    """Rows as Spark's binaryFile source (plus the label column) hands them to mapInArrow."""
+    """Listed files with their bytes, as dlspark.ingest.reading hands them to decode_batch."""
     return pa.RecordBatch.from_pydict({
         "path": [p for p, _, _ in rows],
-        "modificationTime": pa.array([NOW] * len(rows), type=pa.timestamp("us", tz="Etc/UTC")),
+        "modification_time": pa.array([NOW] * len(rows), type=pa.timestamp("us", tz="Etc/UTC")),
         "length": pa.array([len(c) for _, c, _ in rows], type=pa.int64()),
         "content": pa.array([c for _, c, _ in rows], type=pa.binary()),
         "label": [label for _, _, label in rows],
@@ -95,7 +95,7 @@ def test_stage_batches_writes_good_rows_per_split_and_names_their_files(tmp_path
     out = pa.Table.from_batches(outcomes).to_pydict()
     for split, staged, reason in zip(out["split"], out[STAGED_FILE], out["reject_reason"]):
         if reason is None:
-            assert staged.startswith("file://") and f"/split={split}/" in staged
+            assert staged.startswith(str(tmp_path)) and f"/split={split}/" in staged  # a local file: its plain path
         else:
             assert staged is None
     files = sorted({f for f in out[STAGED_FILE] if f})

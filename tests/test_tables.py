@@ -11,11 +11,14 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from dlspark import delta_log
-from dlspark.spark import tables
-from dlspark.spark.tables import (
+from dlspark.tables import (
     TableConflictError,
     TableError,
+    TableSink,
+    delete_where,
+    delta_log,
+    delta_rs,
+    layout,
     read_table,
     table_exists,
     write_table,
@@ -85,7 +88,7 @@ def unreferenced_files(path: str) -> set[str]:
 def wide_table(spark, tmp_path_factory):
     """A Delta table written through delta-rs: v0 create, v1 append, v2 overwrite; plus the results."""
     path = str(tmp_path_factory.mktemp("tables") / "wide")
-    conf_before = spark.conf.get(tables.TIMESTAMP_CONF)
+    conf_before = spark.conf.get(delta_rs.TIMESTAMP_CONF)
     results = [write_table(spark.createDataFrame(rows, WIDE), path, fmt="delta", mode=mode, partition_by=PARTS,
                            delta_writer="delta-rs")
                for rows, mode in ((V0, "append"), (V1, "append"), (V2, "overwrite"))]
@@ -96,27 +99,27 @@ def wide_table(spark, tmp_path_factory):
 
 @pytest.mark.parametrize("value", ["a:b c/%d", "x=y", "plain", "ünï", "%41", "__x"])
 def test_partition_value_escaping_round_trips(value):
-    escaped = delta_log.escape_partition_value(value)
+    escaped = layout.escape_partition_value(value)
     assert "/" not in escaped and "=" not in escaped and ":" not in escaped
-    assert delta_log.unescape_partition_value(escaped) == value
+    assert layout.unescape_partition_value(escaped) == value
 
 
 def test_partition_value_escaping_matches_hive():
-    assert delta_log.escape_partition_value("a:b/c") == "a%3Ab%2Fc"
-    assert delta_log.escape_partition_value(None) == delta_log.HIVE_DEFAULT_PARTITION
-    assert delta_log.escape_partition_value("") == delta_log.HIVE_DEFAULT_PARTITION
-    assert delta_log.unescape_partition_value(delta_log.HIVE_DEFAULT_PARTITION) is None
-    assert delta_log.partition_dir({"split": "a/b", "shard": None}) == "split=a%2Fb/shard=__HIVE_DEFAULT_PARTITION__/"
+    assert layout.escape_partition_value("a:b/c") == "a%3Ab%2Fc"
+    assert layout.escape_partition_value(None) == layout.HIVE_DEFAULT_PARTITION
+    assert layout.escape_partition_value("") == layout.HIVE_DEFAULT_PARTITION
+    assert layout.unescape_partition_value(layout.HIVE_DEFAULT_PARTITION) is None
+    assert layout.partition_dir({"split": "a/b", "shard": None}) == "split=a%2Fb/shard=__HIVE_DEFAULT_PARTITION__/"
 
 
 def test_partition_values_from_dir_parses_and_rejects_other_layouts():
-    parsed = delta_log.partition_values_from_dir("split=a%3Ab/shard=__HIVE_DEFAULT_PARTITION__", ["split", "shard"])
+    parsed = layout.partition_values_from_dir("split=a%3Ab/shard=__HIVE_DEFAULT_PARTITION__", ["split", "shard"])
     assert parsed == {"split": "a:b", "shard": None}
-    assert delta_log.partition_values_from_dir("", []) == {}
+    assert layout.partition_values_from_dir("", []) == {}
     with pytest.raises(ValueError, match="does not match"):
-        delta_log.partition_values_from_dir("shard=1/split=a", ["split", "shard"])
+        layout.partition_values_from_dir("shard=1/split=a", ["split", "shard"])
     with pytest.raises(ValueError, match="does not match"):
-        delta_log.partition_values_from_dir("oops", ["split"])
+        layout.partition_values_from_dir("oops", ["split"])
 
 
 def test_file_stats_from_footer(tmp_path):
@@ -147,9 +150,9 @@ def test_delta_rs_uri_translates_hadoop_schemes():
 
 
 def test_fingerprint_is_order_free_and_size_sensitive():
-    fp = delta_log.fingerprint([("a", 1), ("b", 2)])
-    assert fp == delta_log.fingerprint([("b", 2), ("a", 1)])
-    assert fp != delta_log.fingerprint([("a", 1), ("b", 3)])
+    fp = layout.fingerprint([("a", 1), ("b", 2)])
+    assert fp == layout.fingerprint([("b", 2), ("a", 1)])
+    assert fp != layout.fingerprint([("a", 1), ("b", 3)])
     assert len(fp) == 16
 
 
@@ -196,7 +199,7 @@ def test_spark_writer_without_jars_says_what_to_add(spark, tmp_path):
 def test_missing_tables_raise_table_error(spark, tmp_path):
     missing = str(tmp_path / "missing")
     for fmt in ("parquet", "delta"):
-        assert not table_exists(spark, missing, fmt=fmt)
+        assert not table_exists(missing, fmt=fmt)
         with pytest.raises(TableError, match=f"{missing}.*not been written yet"):
             read_table(spark, missing, fmt=fmt)
 
@@ -220,7 +223,7 @@ def test_parquet_append_and_overwrite_round_trip(spark, tmp_path):
                         mode="overwrite", partition_by=["split"])
     assert third.rows == 1
     assert [tuple(r) for r in read_table(spark, path, fmt="parquet").df.collect()] == [(9, "c")]
-    assert table_exists(spark, path, fmt="parquet")
+    assert table_exists(path, fmt="parquet")
 
 
 # ---- Delta through delta-rs -----------------------------------------------------------------------------
@@ -264,7 +267,7 @@ def test_delta_files_store_utc_micros_and_conf_is_restored(spark, wide_table):
     files = sorted(parquet_files(path))
     assert files and all(pq.read_schema(f).field("ts").type == pa.timestamp("us", tz="UTC") for f in files)
     assert all("split" not in pq.read_schema(f).names for f in files)  # partition values live in the log
-    assert spark.conf.get(tables.TIMESTAMP_CONF) == conf_before
+    assert spark.conf.get(delta_rs.TIMESTAMP_CONF) == conf_before
 
 
 def test_delta_files_are_canonical_and_staging_is_gone(wide_table):
@@ -288,7 +291,7 @@ def test_delta_missing_version_lists_latest(spark, wide_table):
     path, _, _ = wide_table
     with pytest.raises(TableError, match="no version 7; its versions run from 0 to 2"):
         read_table(spark, path, fmt="delta", version=7)
-    assert table_exists(spark, path, fmt="delta")
+    assert table_exists(path, fmt="delta")
 
 
 def test_delta_empty_writes(spark, tmp_path):
@@ -399,25 +402,70 @@ def test_spark_delta_writer_round_trip(spark, tmp_path):
     assert [tuple(r) for r in read_table(spark, path, fmt="delta", version=0).df.collect()] == [(1, "a")]
 
 
-def _stage_file(staging: Path, table: pa.Table) -> str:
-    (staging / "split=train").mkdir(parents=True)
-    pq.write_table(table, staging / "split=train/part-0.parquet")
-    return f"file://{staging}/split=train/part-0.parquet"
+def _staged(sink: TableSink, table: pa.Table, name: str = "part-0.parquet") -> tuple:
+    """A sink's staging area holding one worker-written file of ``table``; (area, the file's URI)."""
+    area = sink.on_write_start()
+    folder = Path(area.uri) / "split=train"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / name)
+    return area, f"file://{folder}/{name}"
+
+
+def test_sink_commits_only_the_named_files_and_removes_its_staging(spark, tmp_path):
+    for fmt in ("parquet", "delta"):
+        sink = TableSink(str(tmp_path / fmt), fmt=fmt, schema=pa.schema([("a", pa.int64())]), delta_writer="delta-rs")
+        area, kept = _staged(sink, pa.table({"a": pa.array([1, 2], pa.int64())}))
+        _staged_also = Path(area.uri) / "split=train" / "part-retry.parquet"  # a failed task attempt's file
+        pq.write_table(pa.table({"a": pa.array([9], pa.int64())}), _staged_also)
+        result = sink.commit(spark, area, [kept])
+        assert (result.rows, result.format) == (2, fmt)
+        assert sorted(r["a"] for r in read_table(spark, sink.uri, fmt=fmt).df.collect()) == [1, 2]
+        assert not Path(area.uri).exists()
+
+
+def test_sink_abort_removes_what_was_staged(tmp_path):
+    sink = TableSink(str(tmp_path / "t"), fmt="parquet", schema=pa.schema([("a", pa.int64())]))
+    area, _ = _staged(sink, pa.table({"a": pa.array([1], pa.int64())}))
+    sink.abort(area)
+    assert not Path(area.uri).exists() and not table_exists(sink.uri, fmt="parquet")
+
+
+def test_sink_refuses_bad_arguments(tmp_path):
+    schema = pa.schema([("a", pa.int64())])
+    with pytest.raises(ValueError, match="fmt='csv' is not supported"):
+        TableSink(str(tmp_path), fmt="csv", schema=schema)
+    with pytest.raises(ValueError, match="relative"):
+        TableSink("rel/path", fmt="parquet", schema=schema)
 
 
 def test_publish_to_a_parquet_table_with_other_columns_is_refused(spark, tmp_path):
     """A Parquet table has no schema log: staged files with other columns must not be appended silently."""
-    table = tmp_path / "t"
-    schema = T.StructType([T.StructField("a", T.LongType()), T.StructField("split", T.StringType())])
-    first = _stage_file(tmp_path / "s1", pa.table({"a": pa.array([1, 2], pa.int64())}))
-    tables.publish_staged_files(spark, str(tmp_path / "s1"), str(table), files=[first], fmt="parquet", schema=schema,
-                                partition_by=["split"])
-    same = _stage_file(tmp_path / "s2", pa.table({"a": pa.array([3], pa.int64())}))
-    assert tables.publish_staged_files(spark, str(tmp_path / "s2"), str(table), files=[same], fmt="parquet", schema=schema,
-                                       partition_by=["split"]).rows == 1
-    other = _stage_file(tmp_path / "s3", pa.table({"record_id": ["x"], "a": pa.array([4], pa.int64())}))
+    sink = TableSink(str(tmp_path / "t"), fmt="parquet", schema=pa.schema([("a", pa.int64())]))
+    sink.commit(spark, *_one(_staged(sink, pa.table({"a": pa.array([1, 2], pa.int64())}))))
+    assert sink.commit(spark, *_one(_staged(sink, pa.table({"a": pa.array([3], pa.int64())})))).rows == 1
+    area, other = _staged(sink, pa.table({"record_id": ["x"], "a": pa.array([4], pa.int64())}))
     with pytest.raises(TableError, match=r"has columns \['a'\] but this run writes \['record_id', 'a'\].*new output path"):
-        tables.publish_staged_files(spark, str(tmp_path / "s3"), str(table), files=[other], fmt="parquet", schema=schema,
-                                    partition_by=["split"])
-    assert sorted(r["a"] for r in spark.read.parquet(str(table)).collect()) == [1, 2, 3]
-    assert not (tmp_path / "s3").exists()  # staging removed on failure too
+        sink.commit(spark, area, [other])
+    assert sorted(r["a"] for r in spark.read.parquet(sink.uri).collect()) == [1, 2, 3]
+    assert not Path(area.uri).exists()  # staging removed on failure too
+
+
+def _one(staged: tuple) -> tuple:
+    area, uri = staged
+    return area, [uri]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "delta"])
+def test_delete_where_removes_exactly_the_matching_rows(spark, tmp_path, fmt):
+    path = str(tmp_path / fmt)
+    rows = [(1, "a", "k1"), (2, "a", "k2"), (3, "b", "k1"), (4, "b", "k3")]
+    write_table(spark.createDataFrame(rows, "id long, part string, key string").coalesce(1), path, fmt=fmt,
+                partition_by=["part"], delta_writer="delta-rs")
+    assert delete_where(spark, path, fmt=fmt, column="key", value="k1", delta_writer="delta-rs") == 2
+    assert sorted(r["id"] for r in read_table(spark, path, fmt=fmt).df.collect()) == [2, 4]
+    assert delete_where(spark, path, fmt=fmt, column="key", value="it's absent", delta_writer="delta-rs") == 0
+    assert delete_where(spark, path, fmt=fmt, column="part", value="b", delta_writer="delta-rs") == 1
+    assert sorted(r["id"] for r in read_table(spark, path, fmt=fmt).df.collect()) == [2]
+    with pytest.raises(TableError, match="has no column 'nope'"):
+        delete_where(spark, path, fmt=fmt, column="nope", value=1)
+    assert delete_where(spark, str(tmp_path / "missing"), fmt=fmt, column="key", value="k1") == 0

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-import fsspec
-
 from dlspark.config import RunConfig
+from dlspark.filesystem import read_text, write_text
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +86,11 @@ def log_progress(stage: str, *, rows: int, seconds: float, quarantined: int = 0,
 
 
 def write_json(uri: str, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as pretty JSON to a local path or any fsspec URI, atomically where the FS allows."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-    with fs.open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True, default=str)
-    fs.mv(tmp, path)
+    """Write ``payload`` as pretty JSON to a local path or any URI, atomically where the filesystem allows."""
+    write_text(uri, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 def read_json(uri: str) -> dict[str, Any] | None:
     """Read a JSON file written by :func:`write_json`; ``None`` when it does not exist."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "r") as fh:
-        return json.load(fh)
+    text = read_text(uri)
+    return None if text is None else json.loads(text)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
-from dlspark import delta_log
 from dlspark.feed.spec import FeedError
+from dlspark.filesystem import full_uri, resolve
 from dlspark.paths import is_uri
+from dlspark.tables import delta_log
+from dlspark.tables.layout import data_files, escape_partition_value
 
 
 def split_files(table_uri: str, fmt: str, split: str, version: int | None = None) -> tuple[tuple[str, ...], int | None]:
@@ -32,20 +34,16 @@ def _local(uri: str) -> str:
 
 
 def _parquet_split(table_uri: str, split: str) -> tuple[str, ...]:
-    import fsspec.core
-
-    fs, root = fsspec.core.url_to_fs(_local(table_uri))
-    root = root.rstrip("/")
-    folder = f"{root}/split={delta_log.escape_partition_value(split)}"
+    fs, root = resolve(table_uri)
+    folder = f"{root}/split={escape_partition_value(split)}"
     if not fs.isdir(folder):
         present = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) if fs.isdir(root) else []
         raise FeedError(f"no folder split={split} under {table_uri} (it holds {present}); "
                         "ingest the table first or pick one of its splits")
-    files = sorted(delta_log.data_files(fs, folder))
+    files = sorted(data_files(fs, folder))
     if not files:
         raise FeedError(f"{folder} holds no data files")
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-    return tuple(files if local else (fs.unstrip_protocol(p) for p in files))
+    return tuple(full_uri(fs, p) for p in files)
 
 
 def _delta_split(table_uri: str, split: str, version: int | None) -> tuple[tuple[str, ...], int]:

@@ -1,10 +1,12 @@
 """Arrow batch -> (table rows, outcome rows) image decoding, the body of the Spark ``mapInArrow`` stage.
 
-Pure code (pyarrow, no Spark), so it is tested directly. Input rows are Spark ``binaryFile`` rows (path,
-modificationTime, length, content) plus ``label``. Every input row gets one outcome row (``OUTCOME_DDL``):
+Pure code (pyarrow, no Spark), so it is tested directly. Input rows are listed files with their bytes (path,
+modification_time, length, content, label, and optionally ``read_reason``/``read_detail`` from
+:mod:`dlspark.ingest.reading`: a file that vanished or changed since listing is rejected with that reason).
+Every input row gets one outcome row (``OUTCOME_DDL``):
 its hash, split, label index, or why it was rejected. Rows that decode and carry a known label also become
 a table row (``table_schema``): the fixed-shape uint8 tensor and its metadata, written by
-:func:`dlspark.ingest.staged.stage_batches` without a trip through the JVM.
+:func:`dlspark.tables.staged.stage_batches` without a trip through the JVM.
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ import pyarrow as pa
 
 from dlspark.config import SplitConfig
 from dlspark.images.decode import DecodedImage, ImageRejected, ImageSpec, decode_image
-from dlspark.ingest.staged import spark_ddl
 from dlspark.labels import label_index
 from dlspark.splits import split_for_key
+from dlspark.tables.staged import spark_ddl
 
 # Spark DDL of the outcome rows (one per record); must match _OUTCOME_TYPES below.
 OUTCOME_DDL = (
@@ -80,12 +82,13 @@ class ImageBatchJob:
 
 
 def decode_batch(batch: pa.RecordBatch, job: ImageBatchJob) -> tuple[pa.Table, pa.RecordBatch]:
-    """Decode one batch of ``binaryFile`` rows: (table rows of the good records + split, outcome rows of all)."""
+    """Decode one batch of listed files: (table rows of the good records + split, outcome rows of all)."""
     out: dict[str, list] = {name: [] for name, _ in _OUTCOME_TYPES if name not in ("modification_time", "length")}
     good: dict[str, list] = {name: [] for name in ("pixels", "shape", "width", "height", "format", "original", "row")}
     labels = batch.column("label").to_pylist()
+    read = _read_reasons(batch)
     for i, (path, content) in enumerate(zip(batch.column("path").to_pylist(), batch.column("content").to_pylist())):
-        image, reason, detail = _decode_one(content or b"", job.spec)
+        image, reason, detail = (None, *read[i]) if read[i][0] else _decode_one(content or b"", job.spec)
         index, label_reason, label_detail = label_index(labels[i], job.labels)
         reason, detail = (reason, detail) if reason else (label_reason, label_detail)
         sha = hashlib.sha256(content or b"").hexdigest()
@@ -95,11 +98,17 @@ def decode_batch(batch: pa.RecordBatch, job: ImageBatchJob) -> tuple[pa.Table, p
             out[name].append(value)
         if reason is None:
             _append_good(good, i, image, content if job.keep_original else None)
-    mtime = batch.column("modificationTime").cast(_UTC_US)
+    mtime = batch.column("modification_time").cast(_UTC_US)
     outcomes = {**{name: pa.array(out[name], type=tp) for name, tp in _OUTCOME_TYPES if name in out},
                 "modification_time": mtime, "length": batch.column("length").cast(pa.int64())}
     outcome_batch = pa.RecordBatch.from_arrays([outcomes[name] for name, _ in _OUTCOME_TYPES], names=[n for n, _ in _OUTCOME_TYPES])
     return _table_rows(outcome_batch, good, job), outcome_batch
+
+
+def _read_reasons(batch: pa.RecordBatch) -> list[tuple[str | None, str | None]]:
+    if "read_reason" not in batch.schema.names:
+        return [(None, None)] * batch.num_rows
+    return list(zip(batch.column("read_reason").to_pylist(), batch.column("read_detail").to_pylist()))
 
 
 def _decode_one(content: bytes, spec: ImageSpec) -> tuple[DecodedImage | None, str | None, str | None]:

@@ -29,10 +29,10 @@ from dlspark.ingest.outcome import (
     tally_outcomes,
     with_outcome,
 )
-from dlspark.ingest.staged import STAGED_FILE, drop_records
 from dlspark.labels import resolve_label_map
 from dlspark.runlog import StageTimings, log_progress, read_json, write_json
-from dlspark.spark.tables import publish_staged_files, read_table, table_exists, write_table
+from dlspark.tables import TableSink, read_table, table_exists, write_table
+from dlspark.tables.staged import STAGED_FILE, StagingArea, drop_records
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -56,25 +56,25 @@ class IngestTarget:
     raw_col: str | None
     unit: str = "records"
 
+    def sink(self, schema: Any, blob_columns: tuple[str, ...] = ()) -> TableSink:
+        """The table's sink for staged files of ``schema`` (Arrow; the ``split`` partition column excluded)."""
+        return TableSink(self.output, fmt=self.fmt, schema=schema, blob_columns=blob_columns,
+                         delta_writer=self.delta_writer)
+
 
 @dataclass(frozen=True)
 class StagedWrite:
-    """Files written by the processing stage itself: where, with which table schema and label mapping."""
+    """Files written by the processing stage itself: the table's sink, this run's staging area and the
+    label mapping the workers applied (None: unlabelled)."""
 
-    staging: str                       # the staging folder (see dlspark.spark.tables.new_staging_uri)
-    schema: Any                        # the table's Spark StructType, partition column included
-    labels: Mapping[str, int] | None   # the mapping the workers applied (None: unlabelled)
+    sink: TableSink
+    area: StagingArea
+    labels: Mapping[str, int] | None
     id_column: str = "path"            # the table column holding a record's record_id
-    blob_columns: tuple[str, ...] = ()  # see dlspark.ingest.staged.StagingArea
 
-    def discard(self) -> None:
-        """Remove the staging folder (no-op once published)."""
-        from dlspark.delta_log import remove_paths
-        from dlspark.spark.tables import _filesystem
-
-        fs, root = _filesystem(self.staging)
-        if fs.exists(root):
-            remove_paths(fs, [root])
+    @classmethod
+    def start(cls, sink: TableSink, labels: Mapping[str, int] | None, id_column: str = "path") -> "StagedWrite":
+        return cls(sink, sink.on_write_start(), labels, id_column)
 
 
 @dataclass
@@ -99,7 +99,7 @@ def commit_ingest(
     record_metrics: "Mapping[str, Column] | None" = None,
 ) -> IngestReport:
     """Dedup, publish and account for ``records``, the outcome rows of the new files' records, whose good
-    records the workers already wrote to ``staged`` files (:mod:`dlspark.ingest.staged`) with labels
+    records the workers already wrote to ``staged`` files (:mod:`dlspark.tables.staged`) with labels
     applied: duplicates are removed from those files, then the files are published.
 
     ``record_metrics`` are aggregate expressions over all records seen (e.g. how many texts had
@@ -133,7 +133,7 @@ def commit_ingest(
     finally:
         for df in (*cleanup, records, files):  # dependents first: unpersisting a base re-caches them
             df.unpersist()
-        staged.discard()
+        staged.sink.abort(staged.area)  # no-op once committed
     counts = IngestCounts(
         file_counts.listed, file_counts.already_ingested, file_counts.new, seen,
         by_outcome[WRITTEN], by_outcome[DUPLICATE], by_outcome[QUARANTINED],
@@ -158,7 +158,7 @@ def label_mapping(records: "DataFrame", target: IngestTarget) -> dict[str, int] 
 
 
 def _existing_hashes(spark: "SparkSession", target: IngestTarget) -> "DataFrame | None":
-    if not target.dedup or not table_exists(spark, target.output, fmt=target.fmt):
+    if not target.dedup or not table_exists(target.output, fmt=target.fmt):
         return None
     return read_table(spark, target.output, fmt=target.fmt).df.select("sha256")
 
@@ -169,8 +169,7 @@ def _publish_outputs(spark: "SparkSession", classified: "DataFrame", tally: Outc
     with timings.stage("write"):
         if tally.files_with_duplicates:
             _drop_staged_duplicates(classified, staged)
-        table = publish_staged_files(spark, staged.staging, target.output, files=tally.written_files, fmt=target.fmt,
-                                     schema=staged.schema, partition_by=["split"], delta_writer=target.delta_writer)
+        table = staged.sink.commit(spark, staged.area, tally.written_files)
     with timings.stage("write_quarantine"):
         bad = quarantine_rows(classified, run_id, source=F.col(target.source_col), raw=_raw(target.raw_col))
         quarantine = write_table(bad.coalesce(1), target.quarantine, fmt=target.fmt, mode="append", delta_writer=target.delta_writer)
@@ -188,7 +187,8 @@ def _drop_staged_duplicates(classified: "DataFrame", staged: StagedWrite) -> Non
     if by_file:
         log.info("removing %d duplicate records from %d staged files", sum(map(len, by_file.values())), len(by_file))
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda item: drop_records(item[0], staged.id_column, item[1], staged.blob_columns), by_file.items()))
+            list(pool.map(lambda item: drop_records(item[0], staged.id_column, item[1], staged.area.blob_columns),
+                          by_file.items()))
 
 
 def _raw(col_name: str | None) -> "Column":

@@ -7,18 +7,24 @@ processed is not read again. It lives in ``<output>/_dlspark/ledger`` (Spark and
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import re
 import time
+import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Iterator
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from dlspark.filesystem import list_directories, open_file
 from dlspark.runlog import StageTimings, log_progress
 from dlspark.spark.session import session_conf
+from dlspark.tables import write_table
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -65,60 +71,55 @@ class Sidecar:
         return f"{self.root}/runs/{run_id}.json"
 
 
-def list_files(spark: "SparkSession", path: str, *, glob: str, recursive: bool) -> "tuple[DataFrame, int]":
-    """(path, modification_time, length) of every file under ``path``, persisted, and how many; contents are not read.
+def list_files(spark: "SparkSession", path: str, *, glob: str, recursive: bool, sidecar: Sidecar) -> "tuple[DataFrame, int]":
+    """(path, modification_time, length) of every file under ``path`` whose name matches ``glob``, persisted,
+    and how many; contents are not read.
 
-    Spark's file scans skip zero-byte files, so those are added back from the file index: a file
-    that exists is never silently missing from the listing (it is quarantined as ``empty_file``).
+    The listing goes through :mod:`dlspark.filesystem` (one folder at a time, written to a Parquet file in the
+    sidecar, so neither the driver's memory nor a task's size grows with the file count) instead of Spark's
+    file index, which silently skips zero-byte files in scans and every name starting with ``.`` or ``_``:
+    here every file that exists is listed, to be ingested or quarantined.
     """
+    listing_uri = f"{sidecar.root}/listings/{uuid.uuid4().hex}.parquet"
     try:
-        df = _binary_reader(spark, glob, recursive).load(path)
-    except Exception as exc:  # noqa: BLE001 - Spark raises AnalysisException for a missing path
-        if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
-            raise InputNotFound(f"input path {path!r} does not exist; check paths.data_dir and the ingest input key") from exc
-        raise
-    listing = df.select("path", F.col("modificationTime").alias("modification_time"), "length").persist()
+        listed = write_listing(path, listing_uri, glob=glob, recursive=recursive)
+    except FileNotFoundError as exc:
+        raise InputNotFound(f"input path {path!r} does not exist; check paths.data_dir and the ingest input key") from exc
+    listing = spark.read.schema(LISTING_SCHEMA).parquet(listing_uri).persist()
     with session_conf(spark, LISTING_CONF):
-        scanned = listing.count()
-    empty = _empty_files(spark, df, listing, scanned)
-    if not empty:
-        return listing, scanned
-    full = listing.unionByName(spark.createDataFrame(empty, LISTING_SCHEMA)).persist()
-    full.count()
-    listing.unpersist()  # one cached frame to unpersist for the caller
-    return full, scanned + len(empty)
+        listing.count()
+    return listing, listed
 
 
-def _empty_files(spark: "SparkSession", df: "DataFrame", listing: "DataFrame", scanned: int) -> list[tuple]:
-    """Listing rows for the zero-byte files that the file index holds but the scan skipped."""
-    indexed = df._jdf.inputFiles()  # a py4j array: len() is one call, reading paths is one call each
-    if len(indexed) == scanned:
-        return []
-    seen = {_hadoop_form(r["path"]) for r in listing.select("path").collect()}
-    missing = [p for p in (_hadoop_form(str(x)) for x in indexed) if p not in seen]
-    log.info("%d zero-byte files found (Spark scans skip them)", len(missing))
-    return [_status(spark, p) for p in missing]
+def write_listing(path: str, listing_uri: str, *, glob: str, recursive: bool) -> int:
+    """Write the files under ``path`` matching ``glob`` as (path, modification_time ms, length) rows; their count."""
+    schema = pa.schema([("path", pa.string()), ("modification_time", pa.timestamp("us", tz="UTC")), ("length", pa.int64())])
+    count = 0
+    with open_file(listing_uri, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
+        for folder in list_directories(path, recursive=recursive):
+            rows = [(uri, _millis(st.modified), st.size) for uri, st in folder if name_matches(uri.rsplit("/", 1)[-1], glob)]
+            if rows:
+                writer.write_table(pa.table(list(zip(*rows)), schema=schema))
+                count += len(rows)
+    return count
 
 
-def _hadoop_form(uri: str) -> str:
-    """``file:///x`` and ``file:/x`` name the same file; binaryFile rows use the latter."""
-    return re.sub(r"^file:/+", "file:/", uri)
+def name_matches(name: str, glob: str) -> bool:
+    """Hadoop's ``pathGlobFilter`` on a file name: ``*``, ``?``, ``[...]`` and ``{a,b}`` alternatives."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _expand_braces(glob))
 
 
-def _status(spark: "SparkSession", uri: str) -> tuple:
-    jpath = spark._jvm.org.apache.hadoop.fs.Path(uri)  # type: ignore[union-attr]
-    status = jpath.getFileSystem(spark._jsc.hadoopConfiguration()).getFileStatus(jpath)  # type: ignore[union-attr]
-    modified = datetime.fromtimestamp(status.getModificationTime() / 1000, timezone.utc)
-    return (_hadoop_form(uri), modified, int(status.getLen()))
+def _expand_braces(glob: str) -> list[str]:
+    match = re.search(r"\{([^{}]*)\}", glob)
+    if match is None:
+        return [glob]
+    head, tail = glob[:match.start()], glob[match.end():]
+    return [p for option in match.group(1).split(",") for p in _expand_braces(head + option + tail)]
 
 
-def _binary_reader(spark: "SparkSession", glob: str, recursive: bool):  # noqa: ANN202
-    return spark.read.format("binaryFile").option("pathGlobFilter", glob).option("recursiveFileLookup", str(recursive).lower())
-
-
-def read_contents(spark: "SparkSession", source: str | list[str], *, glob: str, recursive: bool) -> "DataFrame":
-    """binaryFile rows (path, modificationTime, length, content) for a folder or an explicit file list."""
-    return _binary_reader(spark, glob, recursive).load(source)
+def _millis(value: datetime) -> datetime:
+    """Hadoop's precision (ms), so that a ledger entry matches the same unchanged file on every run."""
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 def read_ledger(spark: "SparkSession", sidecar: Sidecar) -> "DataFrame | None":
@@ -141,14 +142,7 @@ def unprocessed_files(listing: "DataFrame", ledger: "DataFrame | None") -> "Data
 def append_ledger(files: "DataFrame", sidecar: Sidecar, run_id: str) -> None:
     """Record ``files`` (path, modification_time, length) as processed by ``run_id``."""
     rows = files.select(*_FILE_KEY).withColumn("ingest_run_id", F.lit(run_id)).withColumn("ingested_at", F.current_timestamp())
-    rows.coalesce(1).write.mode("append").parquet(sidecar.ledger)
-
-
-def qualified_uri(spark: "SparkSession", path: str) -> str:
-    """``path`` as Hadoop qualifies it (``/data/x`` -> ``file:/data/x``), the form binaryFile paths take."""
-    jpath = spark._jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
-    fs = jpath.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
-    return str(fs.makeQualified(jpath).toString())
+    write_table(rows.coalesce(1), sidecar.ledger, fmt="parquet", mode="append")
 
 
 @dataclass(frozen=True)
@@ -170,7 +164,7 @@ def find_new_files(
     """
     start = time.perf_counter()
     with timings.stage("list"):
-        listing, listed = list_files(spark, source, glob=glob, recursive=recursive)
+        listing, listed = list_files(spark, source, glob=glob, recursive=recursive, sidecar=sidecar)
         if listed == 0:
             raise InputNotFound(f"no files match {glob!r} under {source}; check the ingest input path and glob")
         ledger = read_ledger(spark, sidecar)

@@ -32,9 +32,9 @@ class StackedTextInput(nn.Module):
 
 def load_trained_model(model_path: str, spec: Mapping[str, Any]) -> nn.Module:
     """The model of ``spec`` with the weights saved at ``model_path`` (``{"model": state_dict, ...}``), in eval mode."""
-    import fsspec
+    from dlspark.filesystem import open_file
 
-    with fsspec.open(model_path, "rb") as handle:
+    with open_file(model_path, "rb") as handle:
         state = torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
     model = build_model(dict(spec))
     model.load_state_dict(state["model"] if "model" in state else state)

@@ -150,8 +150,8 @@ def parity_rows(source_dir: Path, source_uri: str, inputs: np.ndarray | None, sp
 
     ``channels_last`` lays split images out NHWC (Keras) instead of NCHW; ``example`` reads the logged example
     (default :func:`logged_example`, the MLflow input example)."""
-    from dlspark.delta_log import TableError
     from dlspark.feed.spec import FeedError
+    from dlspark.tables import TableError
 
     if inputs is not None:
         return inputs, np.full(len(inputs), -1, np.int64), f"given inputs ({len(inputs)} rows)"

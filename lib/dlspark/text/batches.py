@@ -6,7 +6,7 @@ record when the reader could not parse it, else null). Malformed records, empty 
 and records without a known label are rejected (quarantined later); the rest are normalised, hashed,
 split and tokenized to fixed length in one tokenizer call per batch. Every input record gets one outcome
 row (``OUTCOME_DDL``); the good ones also become a table row (``table_schema``), written by
-:func:`dlspark.ingest.staged.stage_batches` without a trip through the JVM.
+:func:`dlspark.tables.staged.stage_batches` without a trip through the JVM.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dlspark.config import SplitConfig
-from dlspark.ingest.staged import spark_ddl
 from dlspark.labels import label_index
 from dlspark.splits import split_for_key
+from dlspark.tables.staged import spark_ddl
 from dlspark.text.normalize import NormalizeSpec, has_replacement_chars, normalize_text
 from dlspark.text.tokenize import load_tokenizer, tokenize_batch
 

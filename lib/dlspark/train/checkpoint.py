@@ -13,8 +13,9 @@ import re
 import uuid
 from typing import Any
 
-import fsspec
 import torch
+
+from dlspark.filesystem import resolve
 
 logger = logging.getLogger(__name__)
 _NAME = re.compile(r"ckpt-e(\d{5})-s(\d{8})\.pt$")
@@ -25,7 +26,7 @@ class CheckpointStore:
     """Checkpoints of one run; only rank 0 writes. ``keep`` complete checkpoints are retained."""
 
     def __init__(self, checkpoint_dir: str, run_name: str, keep: int = 2) -> None:
-        self.fs, root = fsspec.core.url_to_fs(checkpoint_dir)
+        self.fs, root = resolve(checkpoint_dir)
         self.dir = f"{root.rstrip('/')}/{run_name}"
         self.uri = f"{checkpoint_dir.rstrip('/')}/{run_name}"
         self.keep = keep

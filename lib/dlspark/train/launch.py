@@ -123,31 +123,29 @@ def _report_rank0(worker: Callable[[TrainJob], Any], job: TrainJob) -> Any:
     """Run ``worker``; rank 0 (the one that returns a result) also saves it beside the checkpoints."""
     import pickle
 
-    import fsspec
+    from dlspark.filesystem import open_file
 
     result = worker(job)
     if result is not None:
-        with fsspec.open(_rank0_result_path(job), "wb") as handle:
+        with open_file(_rank0_result_path(job), "wb") as handle:
             pickle.dump(result, handle)
     return result
 
 
 def _remove_stale_result(job: TrainJob) -> None:
-    import fsspec.core
+    from dlspark.filesystem import remove
 
-    fs, path = fsspec.core.url_to_fs(_rank0_result_path(job))
-    if fs.exists(path):
-        fs.rm(path)
+    remove(_rank0_result_path(job))
 
 
 def _read_rank0(job: TrainJob) -> Any:
     import pickle
 
-    import fsspec
+    from dlspark.filesystem import open_file
 
     path = _rank0_result_path(job)
     try:
-        with fsspec.open(path, "rb") as handle:
+        with open_file(path, "rb") as handle:
             return pickle.load(handle)  # noqa: S301 - written by this job's own rank 0
     except FileNotFoundError:
         return None

@@ -1,4 +1,5 @@
-"""Python workers write the table's Parquet files themselves; Spark carries only one small outcome row per record.
+"""The workers' half of :class:`dlspark.tables.sink.TableSink`: Python workers write the table's Parquet files
+themselves; Spark carries only one small outcome row per record.
 
 Large rows (image tensors) would otherwise cross Python -> JVM, be converted twice, be kept (persisted)
 until the counts are known, and be scanned again to be written. Here the processing stage (inside
@@ -6,24 +7,23 @@ until the counts are known, and be scanned again to be written. Here the process
 partition value and task attempt (a next one once a file holds ``file_bytes``), one row group per Arrow
 batch. Each outcome row names the staged file
 its record went to. The driver then drops the rows found to be duplicates across tasks from their files
-(:func:`drop_records`), and publishes the referenced files (:func:`dlspark.spark.tables.publish_staged_files`).
+(:func:`drop_records`), and commits the referenced files (:meth:`dlspark.tables.sink.TableSink.commit`).
 Files of failed or repeated task attempts are never referenced, so they are never published.
 
-Pure code (pyarrow + fsspec): tested without Spark.
+Pure code (pyarrow + :mod:`dlspark.filesystem`): tested without Spark.
 """
 from __future__ import annotations
 
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-if TYPE_CHECKING:
-    from pyarrow import fs as pafs
+from dlspark.filesystem import arrow_filesystem, full_uri, resolve
 
 log = logging.getLogger(__name__)
 
@@ -73,26 +73,14 @@ def writer_options(schema: pa.Schema, blob_columns: Iterable[str], compression: 
     return {"compression": codecs, "use_dictionary": small, "write_statistics": small}
 
 
-def _filesystem(uri: str):  # noqa: ANN202 - fsspec filesystem
-    import fsspec.core
-
-    return fsspec.core.url_to_fs(uri)
-
-
-def _native_filesystem(uri: str) -> "pafs.FileSystem | None":
-    """pyarrow's filesystem for local paths and ``file:`` URIs (same path strings as fsspec's), else None."""
-    from pyarrow import fs as pafs
-
-    return pafs.LocalFileSystem() if uri.startswith(("/", "file:")) or "://" not in uri else None
-
-
 class PartitionWriters:
     """The open Parquet writers of one task attempt, one per partition value, created on first use."""
 
     def __init__(self, area: StagingArea) -> None:
         self.area = area
-        self.fs, self.root = _filesystem(area.uri)
-        self.native = _native_filesystem(area.uri)  # pyarrow's own writer where it has one: ~20% faster
+        self.fs, self.root = resolve(area.uri)
+        native = arrow_filesystem(area.uri)  # pyarrow's own writer where it has one: ~20% faster
+        self.native = native[0] if native is not None and native[1] == self.root else None
         self.tag = uuid.uuid4().hex
         self._open: dict[str, tuple[str, object, pq.ParquetWriter]] = {}
         self._files = 0
@@ -113,7 +101,7 @@ class PartitionWriters:
         path = f"{folder}/part-{self.tag}-{self._files:05d}.parquet"
         self._files += 1
         handle = self.native.open_output_stream(path) if self.native else self.fs.open(path, "wb")
-        return self.fs.unstrip_protocol(path), handle, pq.ParquetWriter(handle, self.area.schema, **self.area.writer_options())
+        return full_uri(self.fs, path), handle, pq.ParquetWriter(handle, self.area.schema, **self.area.writer_options())
 
     def _close(self, value: str) -> None:
         _, handle, writer = self._open.pop(value)
@@ -176,7 +164,7 @@ def drop_records(uri: str, id_column: str, record_ids: Iterable[str], blob_colum
 
     The file is replaced atomically (temp + move); a file left with no rows is deleted. Returns the rows kept.
     """
-    fs, path = _filesystem(uri)
+    fs, path = resolve(uri)
     with fs.open(path, "rb") as handle:
         source = pq.ParquetFile(handle)
         group_rows = source.metadata.row_group(0).num_rows if source.metadata.num_row_groups else 1

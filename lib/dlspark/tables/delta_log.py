@@ -1,20 +1,22 @@
-"""Delta Lake transaction-log helpers that need no Spark: used by :mod:`dlspark.spark.tables`.
+"""Delta Lake transaction-log helpers that need no Spark: used by the Delta engines of :mod:`dlspark.tables`.
 
-Pure parts (Hive partition paths, per-file stats from Parquet footers, schema comparison, fingerprints) and
+Pure parts (per-file stats from Parquet footers, schema comparison) and
 the driver-side delta-rs steps of a write (publish staged files, commit them as one transaction against a
 snapshot) and of a read (load a version, list its files). Spark never appears here; tests need no JVM.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
+
+from dlspark.tables.errors import TableConflictError, TableError
+from dlspark.tables.layout import data_files, partition_dir, partition_values_from_dir, read_footer
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -22,62 +24,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HIVE_DEFAULT_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 # Spark type names (``StructType.json()``, which Delta's schemaString shares) whose Hive directory form is
 # also their Delta partition-value form: the types a table written through delta-rs may be partitioned by.
 PARTITION_TYPES = frozenset({"string", "byte", "short", "integer", "long", "boolean", "date"})
 INTEGER_TYPES = frozenset({"byte", "short", "integer", "long"})
 WRITE_ID_KEY = "dlspark.writeId"
-# The characters Spark/Hive escape in partition directory names (ExternalCatalogUtils.escapePathName).
-_ESCAPED = frozenset([chr(c) for c in range(0x20)] + list("\"#%'*/:=?\\\x7f{[]^"))
 _UNREADABLE_FEATURES = frozenset({"columnMapping", "deletionVectors"})
 
 
-class TableError(RuntimeError):
-    """A table cannot be read or written; the message says what to change."""
-
-
-class TableConflictError(TableError):
-    """Another writer committed to the Delta table between this write's snapshot and its commit."""
-
-
 # ---- pure -----------------------------------------------------------------------------------------------
-
-def escape_partition_value(value: str | None) -> str:
-    """Hive directory form of a partition value: ``%XX`` escapes; None and "" -> the default partition."""
-    if value is None or value == "":
-        return HIVE_DEFAULT_PARTITION
-    return "".join(f"%{ord(c):02X}" if c in _ESCAPED else c for c in value)
-
-
-def unescape_partition_value(text: str) -> str | None:
-    """Inverse of :func:`escape_partition_value`."""
-    if text == HIVE_DEFAULT_PARTITION:
-        return None
-    out, i = [], 0
-    while i < len(text):
-        code = text[i + 1:i + 3]
-        if text[i] == "%" and len(code) == 2 and all(c in "0123456789abcdefABCDEF" for c in code):
-            out.append(chr(int(code, 16)))
-            i += 3
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
-
-
-def partition_dir(values: Mapping[str, str | None]) -> str:
-    """``col=val/col2=val2/`` (escaped) for ``values`` in their order; "" when unpartitioned."""
-    return "".join(f"{escape_partition_value(c)}={escape_partition_value(v)}/" for c, v in values.items())
-
-
-def partition_values_from_dir(rel_dir: str, columns: Sequence[str]) -> dict[str, str | None]:
-    """Parse ``col=val/...`` written by Spark's ``partitionBy(*columns)``; ValueError on another layout."""
-    pairs = [p.split("=", 1) for p in rel_dir.strip("/").split("/") if p]
-    if any(len(p) != 2 for p in pairs) or [unescape_partition_value(p[0]) for p in pairs] != list(columns):
-        raise ValueError(f"directory {rel_dir!r} does not match partition columns {list(columns)}")
-    return {name: unescape_partition_value(val) for name, (_, val) in zip(columns, pairs)}
-
 
 def file_stats(meta: pq.FileMetaData, integer_columns: Iterable[str] = ()) -> str:
     """Delta ``stats`` JSON: numRecords, nullCount of flat columns, min/max of ``integer_columns``."""
@@ -144,44 +99,7 @@ def delta_rs_uri(uri: str) -> str:
     return uri
 
 
-def fingerprint(files: Iterable[tuple[str, int]]) -> str:
-    """First 16 hex chars of sha256 over the sorted ``(relative path, size)`` pairs of the files read."""
-    digest = hashlib.sha256()
-    for rel, size in sorted(files):
-        digest.update(f"{rel}\t{size}\n".encode())
-    return digest.hexdigest()[:16]
-
-
 # ---- files ----------------------------------------------------------------------------------------------
-
-def data_files(fs: AbstractFileSystem, root: str) -> dict[str, int]:
-    """Path -> size of the files Spark would read under ``root`` (no ``_x``/``.x`` names; ``_c=v`` dirs kept)."""
-    found = fs.find(root, detail=True)
-    return {p: int(info["size"]) for p, info in found.items() if not is_hidden(p[len(root) + 1:])}
-
-
-def is_hidden(rel: str) -> bool:
-    return any(part.startswith(".") or (part.startswith("_") and "=" not in part) for part in rel.split("/"))
-
-
-def read_footer(fs: AbstractFileSystem, path: str) -> pq.FileMetaData:
-    """The Parquet footer of ``path``."""
-    import pyarrow.parquet as pq
-
-    with fs.open(path, "rb") as handle:
-        return pq.read_metadata(handle)
-
-
-def remove_paths(fs: AbstractFileSystem, paths: Iterable[str]) -> None:
-    """Delete files/directories, logging (not raising) what cannot be deleted."""
-    for path in paths:
-        try:
-            fs.rm(path, recursive=True)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            log.warning("could not remove %s: %s", path, err)
-
 
 def publish_staged(fs: AbstractFileSystem, root: str, staging: str, schema: dict,
                    partition_by: list[str], moved: list[str]) -> list:
