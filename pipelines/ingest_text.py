@@ -8,6 +8,7 @@ incremental rules as image ingest.
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime, timezone
 from functools import partial
 from typing import TYPE_CHECKING
@@ -16,8 +17,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from dlspark.config import AppConfig, TextIngestConfig, config_hash
+from dlspark.filesystem import remove
 from dlspark.ingest.commit import IngestReport, IngestTarget, StagedWrite, commit_ingest, label_mapping
 from dlspark.ingest.files import Sidecar, find_new_files, released_on_error
+from dlspark.ingest.reading import CHANGED
+from dlspark.ingest.text_inputs import ReadableInputs, plan_inputs
 from dlspark.paths import resolve_path
 from dlspark.runlog import StageTimings
 from dlspark.tables.staged import stage_batches, staged_outcome_ddl
@@ -43,20 +47,27 @@ def ingest_text(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestRep
     source = resolve_path(cfg.paths.data_dir, tcfg.input)
     target = text_target(cfg)
     timings = StageTimings()
-    files, counts, read_from = find_new_files(spark, source, "*", True, Sidecar(target.output), timings)
+    files, counts, _ = find_new_files(spark, source, "*", True, Sidecar(target.output), timings)
     with released_on_error(files):
-        rows = read_rows(spark, read_from, tcfg) if counts.new else None
+        inputs = readable_inputs(files, Sidecar(target.output)) if counts.new else None
+        rows = read_rows(spark, inputs, tcfg) if inputs is not None and inputs.paths else None
         staged = StagedWrite.start(target.sink(TABLE_SCHEMA), label_mapping(rows, target) if rows is not None else None,
                                    id_column="record_id")
         records = _tokenize(rows, cfg, staged, run_id) if rows is not None else spark.createDataFrame([], OUTCOME_SCHEMA)
+        if inputs is not None and inputs.rejected:
+            records = records.unionByName(_rejected_files(spark, inputs.rejected))
     metrics = {
         "encoding_replaced": F.sum(F.col("encoding_replaced").cast("long")),
         "truncated": F.sum(F.col("truncated").cast("long")),
         "mean_tokens": F.round(F.avg("num_tokens"), 2),
     }
     context = {"input": source, "config_hash": config_hash(cfg), "max_length": tcfg.max_length, "tokenizer": tcfg.tokenizer}
-    return commit_ingest(spark, records, files, counts, target, run_id=run_id, timings=timings, context=context,
-                         record_metrics=metrics, staged=staged)
+    try:
+        return commit_ingest(spark, records, files, counts, target, run_id=run_id, timings=timings, context=context,
+                             record_metrics=metrics, staged=staged)
+    finally:
+        if inputs is not None and inputs.aliases:
+            remove(inputs.copy_root)
 
 
 def text_target(cfg: AppConfig) -> IngestTarget:
@@ -72,21 +83,54 @@ def text_target(cfg: AppConfig) -> IngestTarget:
     )
 
 
-def read_rows(spark: "SparkSession", read_from: str | list[str], tcfg: TextIngestConfig) -> "DataFrame":
-    """(record_id, source_path, text, label, malformed) for every input record, malformed ones included."""
-    df = _read(spark, read_from, tcfg)
+def readable_inputs(files: "DataFrame", sidecar: Sidecar) -> ReadableInputs:
+    """What Spark's reader is given for the new ``files``: their locations, with a safe copy for a name it
+    cannot open, and an outcome row for each file that is empty or vanished since listing."""
+    rows = files.select("path", F.unix_millis("modification_time").alias("ms"), "length").collect()
+    listed = [(r["path"], datetime.fromtimestamp(r["ms"] / 1000, timezone.utc), r["length"]) for r in rows]
+    return plan_inputs(listed, f"{sidecar.root}/renamed/{uuid.uuid4().hex}")
+
+
+def read_rows(spark: "SparkSession", inputs: ReadableInputs, tcfg: TextIngestConfig) -> "DataFrame":
+    """(record_id, source_path, text, label, malformed, read_reason, read_detail) for every input record,
+    malformed ones included; the records of a file that changed since listing carry ``read_reason``."""
+    df = _read(spark, list(inputs.paths), tcfg)
     _check_columns(df, tcfg)
     malformed = F.col(CORRUPT) if CORRUPT in df.columns else F.lit(None).cast("string")
     label = F.col(tcfg.label_column).cast("string") if tcfg.label_column else F.lit(None).cast("string")
-    source = F.col("_metadata.file_path")
+    source = _real_name(F.expr("url_decode(replace(_metadata.file_path, '+', '%2B'))"), inputs.aliases)
     row = F.lpad(F.monotonically_increasing_id().cast("string"), 20, "0")
-    return df.select(
-        F.concat(source, F.lit("#"), row).alias("record_id"),
-        source.alias("source_path"),
-        F.col(tcfg.text_column).cast("string").alias("text"),
-        label.alias("label"),
-        malformed.alias("malformed"),
+    rows = df.select(
+        source.alias("source_path"), F.col(tcfg.text_column).cast("string").alias("text"), label.alias("label"),
+        malformed.alias("malformed"), F.col("_metadata.file_size").alias("_size"),
+        F.col("_metadata.file_modification_time").alias("_mtime"), row.alias("_row"),
     )
+    listed = spark.createDataFrame(list(inputs.listed), "source_path string, _listed_mtime timestamp, _listed_size long")
+    rows = rows.join(F.broadcast(listed), on="source_path", how="left")
+    changed = (F.col("_size") != F.col("_listed_size")) | (
+        (F.abs(F.unix_millis("_mtime") - F.unix_millis("_listed_mtime")) >= 1) & ~F.col("source_path").isin(list(inputs.aliases.values())))
+    detail = F.concat(F.lit("listed with "), F.col("_listed_size").cast("string"), F.lit(" bytes, read with "),
+                      F.col("_size").cast("string"), F.lit(" bytes: the file changed while being ingested; it is ingested on the next run"))
+    return rows.select(
+        F.concat("source_path", F.lit("#"), "_row").alias("record_id"), "source_path", "text", "label", "malformed",
+        F.when(changed, F.lit(CHANGED)).alias("read_reason"), F.when(changed, detail).alias("read_detail"),
+    )
+
+
+def _real_name(read_path: "F.Column", aliases: dict[str, str]) -> "F.Column":
+    """The listed name of the file a record was read from (``_metadata.file_path`` is URI-encoded; a safe
+    copy maps back to its original)."""
+    if not aliases:
+        return read_path
+    mapping = F.create_map(*[F.lit(x) for pair in aliases.items() for x in pair])
+    return F.coalesce(F.element_at(mapping, read_path), read_path)
+
+
+def _rejected_files(spark: "SparkSession", rejected: list[tuple[str, str, str]]) -> "DataFrame":
+    """Outcome rows, straight from the listing, for files that were not read (empty, vanished, changed)."""
+    names = [f.split(" ")[0] for f in OUTCOME_SCHEMA.split(", ")]
+    values = [{"record_id": p, "source_path": p, "reject_reason": r, "reject_detail": d} for p, r, d in rejected]
+    return spark.createDataFrame([tuple(v.get(n) for n in names) for v in values], OUTCOME_SCHEMA)
 
 
 def _read(spark: "SparkSession", read_from: str | list[str], tcfg: TextIngestConfig) -> "DataFrame":

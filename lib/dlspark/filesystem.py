@@ -127,6 +127,12 @@ def read_bytes(uri: str) -> bytes:
         return handle.read()
 
 
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri``, creating its folder."""
+    with open_file(uri, "wb") as handle:
+        handle.write(data)
+
+
 def open_file(uri: str, mode: str = "rb", **kwargs: object):  # noqa: ANN201 - a file object of the filesystem
     """Open the file at ``uri`` (fsspec's ``open``: ``"rb"``, ``"wb"``, ``"r"``, ``"w"``, ...)."""
     fs, path = resolve(uri)

@@ -28,14 +28,22 @@ class ReadResult(NamedTuple):
     detail: str | None
 
 
-def read_listed(path: str, modified: datetime, length: int) -> ReadResult:
-    """The bytes of the file ``path`` if it is still the file that was listed, else why not."""
+def listing_mismatch(path: str, modified: datetime, length: int) -> tuple[str, str] | None:
+    """(``vanished`` | ``changed``, detail) when the file at ``path`` is no longer the one listed, else None."""
     now = status(path)
     if now is None:
-        return ReadResult(None, VANISHED, f"{path} was listed ({length} bytes) but no longer exists")
+        return VANISHED, f"{path} was listed ({length} bytes) but no longer exists"
     if _differs(now, modified, length):
-        return ReadResult(None, CHANGED, f"listed with {length} bytes, modified {modified.isoformat()}; now "
-                                         f"{now.size} bytes, modified {now.modified.isoformat()}: ingest it on the next run")
+        return CHANGED, (f"listed with {length} bytes, modified {modified.isoformat()}; now {now.size} bytes, "
+                         f"modified {now.modified.isoformat()}: ingest it on the next run")
+    return None
+
+
+def read_listed(path: str, modified: datetime, length: int) -> ReadResult:
+    """The bytes of the file ``path`` if it is still the file that was listed, else why not."""
+    mismatch = listing_mismatch(path, modified, length)
+    if mismatch:
+        return ReadResult(None, *mismatch)
     try:
         content = read_bytes(path)
     except FileNotFoundError:

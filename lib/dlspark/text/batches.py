@@ -2,7 +2,8 @@
 ``mapInArrow`` stage.
 
 Pure code (pyarrow, no Spark). Input columns: record_id, source_path, text, label, malformed (the raw
-record when the reader could not parse it, else null). Malformed records, empty or whitespace-only texts
+record when the reader could not parse it, else null), and optionally read_reason/read_detail (the record's
+file changed between listing and reading: rejected with that reason). Malformed records, empty or whitespace-only texts
 and records without a known label are rejected (quarantined later); the rest are normalised, hashed,
 split and tokenized to fixed length in one tokenizer call per batch. Every input record gets one outcome
 row (``OUTCOME_DDL``); the good ones also become a table row (``table_schema``), written by
@@ -60,7 +61,8 @@ def tokenize_record_batch(batch: pa.RecordBatch, spec: TokenizeSpec, tok) -> pa.
     raw = batch.column("text").to_pylist()
     malformed = batch.column("malformed").to_pylist()
     norm = [normalize_text(t, spec.normalize) if t is not None and m is None else None for t, m in zip(raw, malformed)]
-    reasons = [_reject_reason(t, m) for t, m in zip(norm, malformed)]
+    read = _read_reasons(batch)
+    reasons = [rr or _reject_reason(t, m) for (rr, _), t, m in zip(read, norm, malformed)]
     good = [i for i, r in enumerate(reasons) if r is None]
     tokens = tokenize_batch(tok, [norm[i] for i in good], spec.max_length)
     n, width = len(raw), spec.max_length
@@ -86,7 +88,8 @@ def tokenize_record_batch(batch: pa.RecordBatch, spec: TokenizeSpec, tok) -> pa.
         "truncated": _scatter(tokens.truncated, good, n, pa.bool_()),
         "encoding_replaced": pa.array([t is not None and has_replacement_chars(t) for t in raw], pa.bool_()),
         "reject_reason": pa.array(reasons, pa.string()),
-        "reject_detail": pa.array([_detail(r, t, m) for r, t, m in zip(reasons, raw, malformed)], pa.string()),
+        "reject_detail": pa.array([rd or _detail(r, t, m) for (_, rd), r, t, m in zip(read, reasons, raw, malformed)],
+                                  pa.string()),
     }
     return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
@@ -136,6 +139,13 @@ def _with_label_index(wide: pa.RecordBatch, labels: Mapping[str, int] | None) ->
     columns.update(label_index=pa.array(indices, pa.int32()), reject_reason=pa.array(reasons, pa.string()),
                    reject_detail=pa.array(details, pa.string()))
     return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+
+
+def _read_reasons(batch: pa.RecordBatch) -> list[tuple[str | None, str | None]]:
+    """(reason, detail) per record from the optional ``read_reason``/``read_detail`` columns (a changed file)."""
+    if "read_reason" not in batch.schema.names:
+        return [(None, None)] * batch.num_rows
+    return list(zip(batch.column("read_reason").to_pylist(), batch.column("read_detail").to_pylist()))
 
 
 def _reject_reason(text: str | None, malformed: str | None) -> str | None:
