@@ -68,7 +68,8 @@ def test_text_names_are_ingested_or_quarantined_and_counts_reconcile(spark, tmp_
     c = report.counts
     assert (c.files_listed, c.seen, c.written, c.quarantined) == (len(expected), len(expected), len(ODD_NAMES), 1)
     assert _outcomes(spark, cfg, "tables/text", "tables/text_quarantine", "record_id") == expected
-    texts = {r["source_path"].rsplit("/", 1)[-1]: r["text"] for r in read_table(spark, f"{tmp_path}/tables/text", fmt="parquet").df.collect()}
+    table = read_table(spark, f"{tmp_path}/tables/text", fmt="parquet").df
+    texts = {r["source_path"].rsplit("/", 1)[-1]: r["text"] for r in table.collect()}
     assert texts["br[1].csv"] == "tweet number 4" and texts[".leading_dot.csv"] == "tweet number 7"
     assert not list((tmp_path / "tables/text/_dlspark").glob("renamed/*"))  # the safe copies are removed
 
