@@ -32,8 +32,9 @@ Command: `.venv/bin/python {r['command']}` ({r['measured_at']})
 | bare x {m['spark_cores']} cores (baseline) | {r['bare_scaled']} | |
 | dlspark pipeline, local[{cores}], {r['items']} items, {r['ours_wall_s']} s | {r['ours_rate']} | {r['peak_rss_mib']['ours']} MiB |
 | **ratio ours / baseline** | **{r['ratio']}** (target {r['target']}: {verdict}) | |
-{_ceiling(r)}
-Stages: {stages}. Counts: {r['counts']}.
+{_ceiling(r)}{_contenders(r)}
+Stages (driver wall time): {stages}; fixed cost (all but the process stage) {r.get('fixed_s', '-')} s.
+{_worker_split(r)}Counts: {r['counts']}.
 Machine: {m['cpu']}, {m['nproc']} cores; Python {m['python']}, pyspark {m['pyspark']}, pyarrow {m['pyarrow']},
 Pillow {m['pillow']}, transformers {m['transformers']}.
 """
@@ -46,6 +47,42 @@ def _ceiling(r: dict) -> str:
     return (f"\nCeiling, not a baseline: the bare loop plus the work any ingest must add per image (sha256 of the file, "
             f"Parquet write of the pixels), in one process without Spark, reaches {r['bare_written_rate']} images/s = "
             f"**{r['bare_written_ratio']}** of the bare loop on the same {r['bare_items']} files.\n")
+
+
+_CONTENDERS = {
+    "bare_x_cores": "(a) bare single-process Pillow loop x cores",
+    "ceiling": "(b) no-Spark ceiling, all cores (multiprocessing: decode + resize + sha256 + Parquet write)",
+    "spark_image_source": "(c) Spark's image source + resize pandas UDF + Parquet write",
+    "ray_read_images": "(d) Ray Data `read_images(size=...)` -> `write_parquet`",
+    "ray_binary_map_batches": "(d) Ray Data `read_binary_files` + `map_batches` (decode, resize, sha256) -> `write_parquet`",
+    "ours": "(e) dlspark full pipeline (listing, ledger, dedup, quarantine, commit, summary)",
+}
+
+
+def _contenders(r: dict) -> str:
+    """The side-by-side table of an image run that measured every contender on the same files."""
+    if "contenders" not in r:
+        return ""
+    rows = "\n".join(f"| {_CONTENDERS.get(k, k)} | {v:,.1f} | {v / r['contenders']['bare_x_cores']:.3f} |"
+                     for k, v in r["contenders"].items())
+    ratios = ", ".join(f"{k} **{v}**" for k, v in r["ratios"].items())
+    ray = f" (Ray {r['ray_version']}, its own venv)" if r.get("ray_version") else ""
+    return f"""
+Side by side on the same {r['items']} files, page cache warm, {r['machine']['spark_cores']} cores each{ray}:
+
+| contender | images/s | / (a) |
+| --- | --- | --- |
+{rows}
+
+Ratios: {ratios} (targets: ours >= 0.85 of the ceiling, >= 1.3x the best other tool).
+"""
+
+
+def _worker_split(r: dict) -> str:
+    if not r.get("worker_s"):
+        return ""
+    split = ", ".join(f"{k} {v:.1f}s" for k, v in r["worker_s"].items())
+    return f"Inside the workers (seconds summed over tasks): {split}.\n"
 
 
 def _tflite_section(r: dict) -> str:

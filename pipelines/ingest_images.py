@@ -39,7 +39,7 @@ def ingest_images(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestR
     target = image_target(cfg)
     timings = StageTimings()
     # `listing` is persisted; commit_ingest unpersists it (a derived frame such as `files` holds no cache).
-    listing, counts, _ = find_new_files(spark, source, icfg.glob, icfg.recursive, Sidecar(target.output), timings)
+    listing, counts = find_new_files(spark, source, icfg.glob, icfg.recursive, Sidecar(target.output), timings)
     with released_on_error(listing):
         files = _with_labels(spark, listing, icfg, source, cfg.paths.data_dir)
         staged = StagedWrite.start(target.sink(table_schema(icfg.keep_original), BLOB_COLUMNS),

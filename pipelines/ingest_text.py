@@ -47,7 +47,7 @@ def ingest_text(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestRep
     source = resolve_path(cfg.paths.data_dir, tcfg.input)
     target = text_target(cfg)
     timings = StageTimings()
-    files, counts, _ = find_new_files(spark, source, "*", True, Sidecar(target.output), timings)
+    files, counts = find_new_files(spark, source, "*", True, Sidecar(target.output), timings)
     with released_on_error(files):
         inputs = readable_inputs(files, Sidecar(target.output)) if counts.new else None
         rows = read_rows(spark, inputs, tcfg) if inputs is not None and inputs.paths else None
@@ -133,10 +133,10 @@ def _rejected_files(spark: "SparkSession", rejected: list[tuple[str, str, str]])
     return spark.createDataFrame([tuple(v.get(n) for n in names) for v in values], OUTCOME_SCHEMA)
 
 
-def _read(spark: "SparkSession", read_from: str | list[str], tcfg: TextIngestConfig) -> "DataFrame":
+def _read(spark: "SparkSession", read_from: list[str], tcfg: TextIngestConfig) -> "DataFrame":
     reader = spark.read.option("encoding", tcfg.encoding).option("mode", "PERMISSIVE")
     if tcfg.input_format == "parquet":
-        return spark.read.parquet(*_as_list(read_from))
+        return spark.read.parquet(*read_from)
     if tcfg.input_format == "jsonl":
         inferred = reader.json(read_from).schema
         return reader.schema(_with_corrupt(inferred)).option("columnNameOfCorruptRecord", CORRUPT).json(read_from)
@@ -180,6 +180,3 @@ def _spread(rows: "DataFrame") -> "DataFrame":
         return rows
     return rows.repartition(cores, "record_id")  # record ids are fixed before the shuffle: retries see the same
 
-
-def _as_list(read_from: str | list[str]) -> list[str]:
-    return [read_from] if isinstance(read_from, str) else read_from

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from dlspark.config import AppConfig, to_dict
 from dlspark.paths import resolve_path
-from dlspark.tables import read_table
+from dlspark.tables import read_table, write_table
 from dlspark.tracking import TrackingTarget, log_run_inputs, resolve_tracking, start_run
 from dlspark.tuning import study as studies
-from dlspark.tuning.results import trial_record, write_best_yaml, write_trials_json
+from dlspark.tuning.results import TRIALS_DDL, trial_record, trials_table_rows, write_best_yaml, write_trials_json
 from dlspark.tuning.space import suggest, validate_space
 from dlspark.tuning.spark_trials import run_trials, task_slots
 from dlspark.tuning.trial import TrialContext, TrialTask
@@ -77,7 +77,7 @@ def tune_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TuneReport
             new = _run_study(spark, study, context, todo, parallelism, group=f"dlspark-tune-{run_id}")
         else:
             log.info("study %s already has its %d trials; writing its best back", study.study_name, cfg.tune.n_trials)
-        report = _write_back(cfg, study, run.info.run_id, new)
+        report = _write_back(spark, cfg, study, run.info.run_id, new)
     return report
 
 
@@ -123,8 +123,9 @@ def _run_study(spark: "SparkSession", study: "optuna.Study", context: TrialConte
     return done
 
 
-def _write_back(cfg: AppConfig, study: "optuna.Study", parent_id: str, new: int) -> TuneReport:
-    """best.yaml + trials.json under the study's folder, logged to the parent run; TuneFailed if none completed."""
+def _write_back(spark: "SparkSession", cfg: AppConfig, study: "optuna.Study", parent_id: str, new: int) -> TuneReport:
+    """best.yaml, trials.json and the trials table under the study's folder, logged to the parent run;
+    TuneFailed if none completed."""
     import mlflow
     from optuna.trial import TrialState
 
@@ -132,6 +133,8 @@ def _write_back(cfg: AppConfig, study: "optuna.Study", parent_id: str, new: int)
     out = Path(studies.output_dir(cfg))
     trials_json = write_trials_json(out / "trials.json", records)
     mlflow.log_artifact(str(trials_json), "tune")
+    write_table(spark.createDataFrame(trials_table_rows(study.study_name, records), TRIALS_DDL).coalesce(1),
+                str(out / "trials"), fmt="parquet", mode="overwrite")
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         errors = "\n".join(f"trial {f['number']}: {f['error'].splitlines()[0] if f['error'] else '?'}"
                            for f in studies.failures(study))

@@ -204,6 +204,11 @@ def test_trials_run_on_executors_as_nested_runs_and_best_is_written_back(spark, 
     best_number = report.best_number  # ties (several trials at val accuracy 1.0) go to the first
     assert complete[best_number].data.metrics["objective"] == pytest.approx(best_value) == report.best_value
     best = yaml.safe_load(Path(report.best_yaml).read_text())["train"]
+    from dlspark.tables import read_table
+
+    trials = {r["number"]: r for r in read_table(spark, str(Path(report.best_yaml).parent / "trials"), fmt="parquet").df.collect()}
+    assert sorted(trials) == [0, 1, 2, 3] and trials[0]["state"] == "FAIL" and "weight_decay" in trials[0]["error"]
+    assert trials[best_number]["value"] == pytest.approx(report.best_value) and trials[best_number]["mlflow_run_id"]
     assert best["lr"] == pytest.approx(float(by_trial[best_number].data.params["lr"]))
     assert best["feed"]["batch_size"] == int(by_trial[best_number].data.params["feed.batch_size"])
     parent = client.get_run(report.parent_run_id)

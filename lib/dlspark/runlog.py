@@ -66,9 +66,16 @@ def setup_logging(cfg: RunConfig, run_id: str) -> None:
 
 @dataclass
 class StageTimings:
-    """Wall-clock seconds per named stage, in the order they ran."""
+    """Seconds per named stage, in the order they ran (``seconds``: rounded to ms for reports)."""
 
-    seconds: dict[str, float] = field(default_factory=dict)
+    raw: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return {name: round(value, 3) for name, value in self.raw.items()}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.raw[name] = self.raw.get(name, 0.0) + seconds
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -76,7 +83,32 @@ class StageTimings:
         try:
             yield
         finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+            self.add(name, time.perf_counter() - start)
+
+
+_TASK_TIMINGS: list[StageTimings] = []  # the worker-side stages of the Spark task running in this process
+
+
+@contextmanager
+def task_timings() -> Iterator[StageTimings]:
+    """Collect the seconds that :func:`task_stage` blocks spend inside this block (one Spark task's body)."""
+    timings = StageTimings()
+    _TASK_TIMINGS.append(timings)
+    try:
+        yield timings
+    finally:
+        _TASK_TIMINGS.remove(timings)
+
+
+@contextmanager
+def task_stage(name: str) -> Iterator[None]:
+    """Time a worker-side step (read, decode, hash, write) into the enclosing :func:`task_timings`; outside
+    one (a unit test, a driver-side call) it only runs the block."""
+    if not _TASK_TIMINGS:
+        yield
+        return
+    with _TASK_TIMINGS[-1].stage(name):
+        yield
 
 
 def log_progress(stage: str, *, rows: int, seconds: float, quarantined: int = 0, unit: str = "rows") -> None:

@@ -21,6 +21,7 @@ import pyarrow as pa
 from dlspark.config import SplitConfig
 from dlspark.images.decode import DecodedImage, ImageRejected, ImageSpec, decode_image
 from dlspark.labels import label_index
+from dlspark.runlog import task_stage
 from dlspark.splits import split_for_key
 from dlspark.tables.staged import spark_ddl
 
@@ -88,10 +89,12 @@ def decode_batch(batch: pa.RecordBatch, job: ImageBatchJob) -> tuple[pa.Table, p
     labels = batch.column("label").to_pylist()
     read = _read_reasons(batch)
     for i, (path, content) in enumerate(zip(batch.column("path").to_pylist(), batch.column("content").to_pylist())):
-        image, reason, detail = (None, *read[i]) if read[i][0] else _decode_one(content or b"", job.spec)
+        with task_stage("decode"):
+            image, reason, detail = (None, *read[i]) if read[i][0] else _decode_one(content or b"", job.spec)
         index, label_reason, label_detail = label_index(labels[i], job.labels)
         reason, detail = (reason, detail) if reason else (label_reason, label_detail)
-        sha = hashlib.sha256(content or b"").hexdigest()
+        with task_stage("hash"):
+            sha = hashlib.sha256(content or b"").hexdigest()
         for name, value in (("record_id", path), ("path", path), ("sha256", sha), ("split", split_for_key(sha, job.split)),
                             ("label", labels[i]), ("label_index", index), ("reject_reason", reason),
                             ("reject_detail", detail)):

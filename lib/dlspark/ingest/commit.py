@@ -32,7 +32,7 @@ from dlspark.ingest.outcome import (
 from dlspark.labels import resolve_label_map
 from dlspark.runlog import StageTimings, log_progress, read_json, write_json
 from dlspark.tables import TableSink, read_table, table_exists, write_table
-from dlspark.tables.staged import STAGED_FILE, StagingArea, drop_records
+from dlspark.tables.staged import STAGED_FILE, StagingArea, drop_records, task_seconds
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -112,6 +112,7 @@ def commit_ingest(
         with timings.stage("process"):
             seen = records.count()
         log_progress("process", rows=seen, seconds=time.perf_counter() - start, unit=target.unit)
+        worker_s = task_seconds(staged.area)  # the tasks have run: their step timings are in the staging area
         if seen:
             mapping = staged.labels
             # small outcome rows, read by several actions: decide dedup once
@@ -139,7 +140,8 @@ def commit_ingest(
         by_outcome[WRITTEN], by_outcome[DUPLICATE], by_outcome[QUARANTINED],
     ).reconcile()
     summary_path = Sidecar(target.output).run_summary(run_id)
-    summary = _summary(target, run_id, counts, reasons, mapping, writes, timings, {**context, "metrics": metrics})
+    summary = _summary(target, run_id, counts, reasons, mapping, writes, timings,
+                       {**context, "metrics": metrics, "worker_s": worker_s})
     summary["summary_path"] = summary_path
     write_json(summary_path, summary)
     return IngestReport(counts, summary)
@@ -166,7 +168,7 @@ def _existing_hashes(spark: "SparkSession", target: IngestTarget) -> "DataFrame 
 def _publish_outputs(spark: "SparkSession", classified: "DataFrame", tally: OutcomeTally, target: IngestTarget, run_id: str,
                      timings: StageTimings, staged: StagedWrite) -> dict[str, Any]:
     """Drop duplicates from the staged files, publish the files, write the quarantine rows."""
-    with timings.stage("write"):
+    with timings.stage("commit"):
         if tally.files_with_duplicates:
             _drop_staged_duplicates(classified, staged)
         table = staged.sink.commit(spark, staged.area, tally.written_files)

@@ -156,12 +156,9 @@ class FileCounts:
 
 def find_new_files(
     spark: "SparkSession", source: str, glob: str, recursive: bool, sidecar: Sidecar, timings: StageTimings
-) -> "tuple[DataFrame, FileCounts, str | list[str]]":
-    """List ``source``, drop files the ledger has seen, and say what to read.
-
-    Returns the new files (persisted), their counts, and ``source`` itself when every file is new
-    (one folder scan) or else the explicit list of new file paths, so old files are never re-read.
-    """
+) -> "tuple[DataFrame, FileCounts]":
+    """List ``source`` and drop the files the ledger has seen: the new files (persisted) and the counts.
+    Only the new files are read afterwards (by their listed paths), so old files are never re-read."""
     start = time.perf_counter()
     with timings.stage("list"):
         listing, listed = list_files(spark, source, glob=glob, recursive=recursive, sidecar=sidecar)
@@ -176,8 +173,7 @@ def find_new_files(
             listing.unpersist()  # `new` is materialised; the caller unpersists it
     log_progress("list", rows=listed, seconds=time.perf_counter() - start, unit="files")
     log.info("%d files listed, %d already ingested, %d new", listed, listed - n_new, n_new)
-    read_from: str | list[str] = source if n_new == listed else [r["path"] for r in new.select("path").collect()]
-    return new, FileCounts(listed, listed - n_new, n_new), read_from
+    return new, FileCounts(listed, listed - n_new, n_new)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from typing import Callable, NamedTuple, TypeVar
 import pyarrow as pa
 
 from dlspark.filesystem import FileStatus, read_bytes, status
+from dlspark.runlog import task_stage
 
 VANISHED = "vanished"
 CHANGED = "changed"
@@ -59,7 +60,7 @@ def with_contents(batch: pa.RecordBatch, threads: int = 4) -> pa.RecordBatch:
     paths = batch.column("path").to_pylist()
     times = batch.column("modification_time").to_pylist()
     lengths = batch.column("length").to_pylist()
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    with task_stage("read"), ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         results = list(pool.map(read_listed, paths, times, lengths))
     columns = {
         "content": pa.array([r.content for r in results], type=pa.binary()),

@@ -14,6 +14,7 @@ Pure code (pyarrow + :mod:`dlspark.filesystem`): tested without Spark.
 """
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -23,10 +24,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dlspark.filesystem import arrow_filesystem, full_uri, resolve
+from dlspark.filesystem import arrow_filesystem, full_uri, resolve, write_text
+from dlspark.runlog import task_stage, task_timings
 
 log = logging.getLogger(__name__)
 
+TASK_STATS = "_task_stats"  # per-task step timings beside the staged files (hidden: never published)
 STAGED_FILE = "staged_file"  # the outcome column naming the staged file of a written record
 _SPARK_TYPES = {
     pa.string(): "string", pa.int32(): "int", pa.int64(): "bigint", pa.bool_(): "boolean", pa.binary(): "binary",
@@ -128,12 +131,29 @@ def stage_batches(batches: Iterable[pa.RecordBatch], process: ProcessFn, area: S
     whose ``reject_reason`` is null. Yields the outcome rows with ``staged_file`` added.
     """
     writers = PartitionWriters(area)
-    try:
-        for batch in batches:
-            rows, outcomes = process(batch)
-            yield _with_staged_files(outcomes, _write_rows(writers, rows, area.partition_col))
-    finally:
-        writers.close()
+    with task_timings() as timings:
+        try:
+            for batch in batches:
+                rows, outcomes = process(batch)
+                with task_stage("write"):
+                    files = _write_rows(writers, rows, area.partition_col)
+                yield _with_staged_files(outcomes, files)
+        finally:
+            with task_stage("write"):
+                writers.close()
+            write_text(f"{area.uri}/{TASK_STATS}/{writers.tag}.json", json.dumps(timings.raw))
+
+
+def task_seconds(area: StagingArea) -> dict[str, float]:
+    """The worker-side seconds per step (read, decode, hash, write, ...) summed over every task attempt that
+    staged into ``area`` (CPU-side time inside the tasks, not wall time); read before the commit removes them."""
+    fs, root = resolve(f"{area.uri}/{TASK_STATS}")
+    total: dict[str, float] = {}
+    for path in fs.glob(f"{root}/*.json") if fs.exists(root) else []:
+        with fs.open(path, "r") as handle:
+            for name, value in json.load(handle).items():
+                total[name] = total.get(name, 0.0) + value
+    return {name: round(value, 2) for name, value in total.items()}
 
 
 def _write_rows(writers: PartitionWriters, rows: pa.Table, partition_col: str) -> list[str]:

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from dlspark.config import SplitConfig
 from dlspark.labels import label_index
+from dlspark.runlog import task_stage
 from dlspark.splits import split_for_key
 from dlspark.tables.staged import spark_ddl
 from dlspark.text.normalize import NormalizeSpec, has_replacement_chars, normalize_text
@@ -60,16 +61,19 @@ def tokenize_record_batch(batch: pa.RecordBatch, spec: TokenizeSpec, tok) -> pa.
     """Normalise, validate, hash, split and tokenize one batch."""
     raw = batch.column("text").to_pylist()
     malformed = batch.column("malformed").to_pylist()
-    norm = [normalize_text(t, spec.normalize) if t is not None and m is None else None for t, m in zip(raw, malformed)]
+    with task_stage("normalize"):
+        norm = [normalize_text(t, spec.normalize) if t is not None and m is None else None for t, m in zip(raw, malformed)]
     read = _read_reasons(batch)
     reasons = [rr or _reject_reason(t, m) for (rr, _), t, m in zip(read, norm, malformed)]
     good = [i for i, r in enumerate(reasons) if r is None]
-    tokens = tokenize_batch(tok, [norm[i] for i in good], spec.max_length)
+    with task_stage("tokenize"):
+        tokens = tokenize_batch(tok, [norm[i] for i in good], spec.max_length)
     n, width = len(raw), spec.max_length
     ids = np.zeros((n, width), np.int32)
     mask = np.zeros((n, width), np.int8)
     ids[good], mask[good] = tokens.input_ids, tokens.attention_mask
-    hashes = [hashlib.sha256(t.encode()).hexdigest() if r is None else None for t, r in zip(norm, reasons)]
+    with task_stage("hash"):
+        hashes = [hashlib.sha256(t.encode()).hexdigest() if r is None else None for t, r in zip(norm, reasons)]
     ok = np.zeros(n, bool)
     ok[good] = True
     columns = {

@@ -49,6 +49,20 @@ def trial_record(trial: Any) -> dict[str, Any]:
             **{k: v for k, v in trial.user_attrs.items()}}
 
 
+TRIALS_DDL = ("study string, number int, state string, value double, params_json string, mlflow_run_id string, "
+              "error string, seconds double, best_epoch int")
+
+
+def trials_table_rows(study: str, records: list[dict[str, Any]]) -> list[tuple]:
+    """One row per trial record (:func:`trial_record`) for the study's trials table (``TRIALS_DDL``)."""
+    def row(r: dict[str, Any]) -> tuple:
+        value = None if r.get("value") is None else float(r["value"])
+        seconds = None if r.get("seconds") is None else float(r["seconds"])
+        return (study, int(r["number"]), r["state"], value, json.dumps(r["params"], sort_keys=True, default=str),
+                r.get("mlflow_run_id"), r.get("error"), seconds, r.get("best_epoch"))
+    return [row(r) for r in records]
+
+
 def write_trials_json(path: Path, records: list[dict[str, Any]]) -> Path:
     """All trials of the study, one record each (see :func:`trial_record`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
