@@ -17,14 +17,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from dlspark.filesystem import list_directories, open_file
+from dlspark.filesystem import list_directories
 from dlspark.runlog import StageTimings, log_progress
 from dlspark.spark.session import session_conf
 from dlspark.tables import write_table
+from dlspark.tables.staged import parquet_file
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -95,7 +95,7 @@ def write_listing(path: str, listing_uri: str, *, glob: str, recursive: bool) ->
     """Write the files under ``path`` matching ``glob`` as (path, modification_time ms, length) rows; their count."""
     schema = pa.schema([("path", pa.string()), ("modification_time", pa.timestamp("us", tz="UTC")), ("length", pa.int64())])
     count = 0
-    with open_file(listing_uri, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
+    with parquet_file(listing_uri, schema) as writer:
         for folder in list_directories(path, recursive=recursive):
             rows = [(uri, _millis(st.modified), st.size) for uri, st in folder if name_matches(uri.rsplit("/", 1)[-1], glob)]
             if rows:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dlspark.filesystem import arrow_filesystem, full_uri, resolve, write_text
+from dlspark.filesystem import arrow_filesystem, full_uri, open_file, resolve, write_text
 from dlspark.runlog import task_stage, task_timings
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,13 @@ class PartitionWriters:
 
 
 ProcessFn = Callable[[pa.RecordBatch], "tuple[pa.Table, pa.RecordBatch]"]
+
+
+@contextmanager
+def parquet_file(uri: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A Parquet writer for one file at ``uri`` (a sidecar file such as an ingest listing), closed on exit."""
+    with open_file(uri, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
+        yield writer
 
 
 def staged_outcome_ddl(outcome_ddl: str) -> str:
