@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,25 +145,30 @@ def ceiling_images(paths: list[Path], target: int, out: Path, cores: int) -> flo
     return len(paths) / (time.perf_counter() - start)
 
 
+def _resize_bgr(data: "pd.Series", height: "pd.Series", width: "pd.Series", channels: "pd.Series", *,
+                target: int) -> "pd.Series":
+    """Spark image-source rows (BGR(A) or gray bytes, row-major) -> target x target RGB uint8 bytes."""
+    from PIL import Image
+
+    def one(buf: bytes, h: int, w: int, c: int) -> bytes:
+        arr = np.frombuffer(buf, np.uint8).reshape(h, w, c)
+        rgb = arr[..., 2::-1] if c >= 3 else np.repeat(arr, 3, axis=2)
+        img = Image.fromarray(np.ascontiguousarray(rgb)).resize((target, target), Image.Resampling.BILINEAR)
+        return np.asarray(img).tobytes()
+    return pd.Series([one(b, h, w, c) for b, h, w, c in zip(data, height, width, channels)])
+
+
 def spark_image_source(root: Path, target: int, out: Path) -> float:
     """Images/s of Spark's built-in image source (``spark.read.format("image")``, Java ImageIO decode) + a
     pandas UDF that resizes to target x target RGB + Spark's Parquet write; same session settings as ours."""
-    import pandas as pd
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
 
-    @pandas_udf("binary")
-    def resize(data: pd.Series, height: pd.Series, width: pd.Series, channels: pd.Series) -> pd.Series:
-        from PIL import Image
-
-        def one(buf: bytes, h: int, w: int, c: int) -> bytes:
-            arr = np.frombuffer(buf, np.uint8).reshape(h, w, c)[..., 2::-1] if c >= 3 else \
-                np.repeat(np.frombuffer(buf, np.uint8).reshape(h, w, 1), 3, axis=2)  # BGR(A) -> RGB
-            img = Image.fromarray(np.ascontiguousarray(arr)).resize((target, target), Image.Resampling.BILINEAR)
-            return np.asarray(img).tobytes()
-        return pd.Series([one(b, h, w, c) for b, h, w, c in zip(data, height, width, channels)])
+    def resize_rows(data: pd.Series, height: pd.Series, width: pd.Series, channels: pd.Series) -> pd.Series:
+        return _resize_bgr(data, height, width, channels, target=target)
 
     spark = spark_session()
+    resize = pandas_udf(resize_rows, "binary")  # type: ignore[call-overload]
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     df = spark.read.format("image").option("recursiveFileLookup", "true").load(str(root))

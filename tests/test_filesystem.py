@@ -54,3 +54,27 @@ def test_status_read_write_and_remove(tmp_path):
     fs.remove(f"{tmp_path}/sub")
     assert not (tmp_path / "sub").exists()
     fs.remove(f"{tmp_path}/sub")  # already gone: no error
+
+
+def test_listing_and_status_agree_to_the_millisecond(tmp_path):
+    """A listed file's time must equal what status() says of the unchanged file (else it reads as 'changed'):
+    both truncate the same nanoseconds to Hadoop's milliseconds, however the float seconds would round."""
+    path = tmp_path / "x.jpg"
+    path.write_bytes(b"abc")
+    import os
+
+    os.utime(path, ns=(1_764_633_529_807_999_700, 1_764_633_529_807_999_700))
+    [[(uri, listed)]] = list(fs.list_directories(str(tmp_path)))
+    assert listed == fs.status(uri) and listed.modified.microsecond == 807_000
+
+
+def test_listing_through_fsspec_for_schemes_pyarrow_lacks():
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/dlspark-test/a/b.txt", b"12")
+    memory.pipe("/dlspark-test/.c", b"3")
+    found = {uri: st.size for folder in fs.list_directories("memory://dlspark-test") for uri, st in folder}
+    assert found == {"memory://dlspark-test/.c": 1, "memory://dlspark-test/a/b.txt": 2}
+    assert fs.status("memory://dlspark-test/a/b.txt").size == 2 and fs.status("memory://dlspark-test/nope") is None
+    memory.rm("/dlspark-test", recursive=True)

@@ -19,7 +19,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
@@ -96,17 +96,14 @@ def qualify(uri: str) -> str:
 
 
 def status(uri: str) -> FileStatus | None:
-    """Size and modification time of the file at ``uri``, or None when it does not exist."""
+    """Size and modification time (ms, as Hadoop has it) of the file at ``uri``, or None when it does not exist."""
     native = arrow_filesystem(uri)
     if native is not None:
         from pyarrow import fs as pafs
 
         fs, path = native
         info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
-            return None
-        modified = info.mtime.astimezone(timezone.utc) if info.mtime else datetime.fromtimestamp(0, timezone.utc)
-        return FileStatus(int(info.size or 0), modified)
+        return None if info.type == pafs.FileType.NotFound else _arrow_status(info)
     fs, path = resolve(uri)
     try:
         info = fs.info(path)
@@ -141,26 +138,52 @@ def open_file(uri: str, mode: str = "rb", **kwargs: object):  # noqa: ANN201 - a
     return fs.open(path, mode, **kwargs)
 
 
+Entry = tuple[str, bool, "FileStatus | None"]  # (path, is a folder, status of a file)
+
+
 def list_directories(uri: str, *, recursive: bool = True) -> "Iterator[list[tuple[str, FileStatus]]]":
     """The files under the folder ``uri``, one list per folder (memory is bounded by the largest folder, not by
     the tree): ``(location, status)`` with locations in ``uri``'s own scheme and form (``s3a://b/x/y.jpg``).
-    Every name is listed, hidden ones (``.x``, ``_x``) included; FileNotFoundError when ``uri`` does not exist."""
-    fs, root = resolve(uri)
-    if not fs.isdir(root):
-        raise FileNotFoundError(f"{uri} does not exist or is not a folder")
+    Every name is listed, hidden ones (``.x``, ``_x``) included; FileNotFoundError when ``uri`` does not exist.
+    Statuses come from the same filesystem as :func:`status`'s, so an unchanged file compares equal."""
     prefix = uri.rstrip("/") if urlparse(uri).scheme and not uri.startswith("file:") else qualify(uri).rstrip("/")
+    native = arrow_filesystem(uri)
+    root, ls = _arrow_lister(*native) if native is not None else _fsspec_lister(*resolve(uri))
     pending = [root]
     while pending:
         folder = pending.pop()
         files: list[tuple[str, FileStatus]] = []
-        for info in sorted(fs.ls(folder, detail=True), key=lambda i: i["name"]):
-            name = info["name"].rstrip("/")
-            if info.get("type") == "directory":
+        for name, is_dir, st in sorted(ls(folder), key=lambda e: e[0]):
+            if is_dir:
                 if recursive and name != folder:
                     pending.append(name)
-                continue
-            files.append((prefix + name[len(root):], FileStatus(int(info.get("size") or 0), _modified(fs, name, info))))
+            elif st is not None:
+                files.append((prefix + name[len(root):], st))
         yield files
+
+
+def _arrow_lister(fs: "pafs.FileSystem", root: str) -> "tuple[str, Callable[[str], list[Entry]]]":
+    from pyarrow import fs as pafs
+
+    root = root.rstrip("/") or "/"
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"{root} does not exist or is not a folder")
+
+    def ls(folder: str) -> list[Entry]:
+        infos = fs.get_file_info(pafs.FileSelector(folder, recursive=False))
+        return [(i.path.rstrip("/"), i.type == pafs.FileType.Directory,
+                 None if i.type == pafs.FileType.Directory else _arrow_status(i)) for i in infos]
+    return root, ls
+
+
+def _fsspec_lister(fs: "AbstractFileSystem", root: str) -> "tuple[str, Callable[[str], list[Entry]]]":
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"{root} does not exist or is not a folder")
+
+    def ls(folder: str) -> list[Entry]:
+        return [(i["name"].rstrip("/"), i.get("type") == "directory", None if i.get("type") == "directory"
+                 else FileStatus(int(i.get("size") or 0), _modified(fs, i["name"], i))) for i in fs.ls(folder, detail=True)]
+    return root, ls
 
 
 def exists(uri: str) -> bool:
@@ -242,14 +265,29 @@ def _local_path(uri: str) -> str:
     return "/" + rest.lstrip("/")
 
 
+def _arrow_status(info: "pafs.FileInfo") -> FileStatus:
+    ms = (info.mtime_ns or 0) // 1_000_000
+    return FileStatus(int(info.size or 0), datetime.fromtimestamp(ms / 1000, timezone.utc))
+
+
 def _modified(fs: "AbstractFileSystem", path: str, info: dict) -> datetime:
+    """An fsspec entry's modification time, truncated to ms (Hadoop's precision) after rounding to µs."""
+    return _ms(_raw_modified(fs, path, info))
+
+
+def _ms(value: datetime) -> datetime:
+    value = value.astimezone(timezone.utc)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _raw_modified(fs: "AbstractFileSystem", path: str, info: dict) -> datetime:
     for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
         value = info.get(key)
         if isinstance(value, datetime):
-            return value.astimezone(timezone.utc)
+            return value
         if isinstance(value, (int, float)):
             return datetime.fromtimestamp(value, timezone.utc)
     try:
-        return fs.modified(path).astimezone(timezone.utc)
+        return fs.modified(path)
     except (NotImplementedError, OSError):
         return datetime.fromtimestamp(0, timezone.utc)
