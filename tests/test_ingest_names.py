@@ -124,8 +124,7 @@ def test_text_files_that_vanish_or_change_after_listing_are_quarantined(spark, t
 
 def _listed(path: Path) -> tuple[str, datetime, int]:
     st = path.stat()
-    modified = datetime.fromtimestamp(st.st_mtime, timezone.utc)
-    return f"file:{path}", modified.replace(microsecond=modified.microsecond // 1000 * 1000), st.st_size
+    return f"file:{path}", datetime.fromtimestamp(st.st_mtime_ns // 1_000_000 / 1000, timezone.utc), st.st_size
 
 
 def test_read_listed_returns_bytes_or_the_race_it_lost(tmp_path):

@@ -13,7 +13,6 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Iterator
 
 import pyarrow as pa
@@ -97,7 +96,7 @@ def write_listing(path: str, listing_uri: str, *, glob: str, recursive: bool) ->
     count = 0
     with parquet_file(listing_uri, schema) as writer:
         for folder in list_directories(path, recursive=recursive):
-            rows = [(uri, _millis(st.modified), st.size) for uri, st in folder if name_matches(uri.rsplit("/", 1)[-1], glob)]
+            rows = [(uri, st.modified, st.size) for uri, st in folder if name_matches(uri.rsplit("/", 1)[-1], glob)]
             if rows:
                 writer.write_table(pa.table(list(zip(*rows)), schema=schema))
                 count += len(rows)
@@ -115,11 +114,6 @@ def _expand_braces(glob: str) -> list[str]:
         return [glob]
     head, tail = glob[:match.start()], glob[match.end():]
     return [p for option in match.group(1).split(",") for p in _expand_braces(head + option + tail)]
-
-
-def _millis(value: datetime) -> datetime:
-    """Hadoop's precision (ms), so that a ledger entry matches the same unchanged file on every run."""
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 def read_ledger(spark: "SparkSession", sidecar: Sidecar) -> "DataFrame | None":

@@ -8,7 +8,7 @@ a failed job or a record of other bytes than the ledger says. Pure code (pyarrow
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Callable, NamedTuple, TypeVar
 
 import pyarrow as pa
@@ -18,9 +18,7 @@ from dlspark.runlog import task_stage
 
 VANISHED = "vanished"
 CHANGED = "changed"
-READ_COLUMNS = ("content", "read_reason", "read_detail")
 T = TypeVar("T")
-_TOLERANCE = timedelta(milliseconds=1)  # listing times are truncated to ms
 
 
 class ReadResult(NamedTuple):
@@ -72,11 +70,8 @@ def with_contents(batch: pa.RecordBatch, threads: int = 4) -> pa.RecordBatch:
 
 
 def _differs(now: FileStatus, modified: datetime, length: int) -> bool:
-    if now.size != length:
-        return True
-    listed_ms = modified.replace(microsecond=modified.microsecond // 1000 * 1000)
-    now_ms = now.modified.replace(microsecond=now.modified.microsecond // 1000 * 1000)
-    return abs(now_ms - listed_ms) >= _TOLERANCE
+    """Size or time differ (both at Hadoop's ms precision: the listing and status() truncate alike)."""
+    return now.size != length or now.modified != modified
 
 
 def read_then(batch: pa.RecordBatch, process: "Callable[[pa.RecordBatch], T]") -> "T":
