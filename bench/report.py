@@ -78,6 +78,29 @@ Ratios: {ratios} (targets: ours >= 0.85 of the ceiling, >= 1.3x the best other t
 """
 
 
+def _growth_section(r: dict) -> str:
+    """Cost growth: seconds per 1k items and peak RSS at each size, each size a fresh process."""
+    rows = "\n".join(
+        f"| {p['items']:,} | {p['wall_s']} | {p['s_per_1k']} | {p['process_s_per_1k']} | {p['fixed_s']} | "
+        f"{p['peak_rss_mib']['ours_python_driver']} | {p['peak_rss_mib']['ours_jvm']} | {p['peak_rss_mib']['ours']} |"
+        for p in r["points"])
+    return f"""
+## Ingest cost growth: {r['benchmark'].removeprefix('growth-')}, {r['data']}
+
+Command: `.venv/bin/python {r['command']}` ({r['measured_at']}); each size runs in a fresh process (its own
+JVM and driver), the full pipeline as in the table above.
+
+| {r['unit']} | wall s | s per 1k | process stage s per 1k | fixed s | driver (Python) peak RSS MiB | JVM peak RSS MiB | all processes MiB |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{rows}
+
+Seconds per 1k at the largest size / at the smallest: **{r['s_per_1k_last_over_first']}** (target <= 1.10); Python
+driver peak RSS, largest / smallest: **{r['driver_rss_last_over_first']}**.
+
+![cost growth](bench/results/growth-{r['benchmark'].removeprefix('growth-')}.png)
+"""
+
+
 def _worker_split(r: dict) -> str:
     if not r.get("worker_s"):
         return ""
@@ -298,6 +321,9 @@ def write_benchmarks_md(results: Path, out: Path) -> None:
     files = [results / f"{name}.json" for name in INGEST_RESULTS if (results / f"{name}.json").exists()]
     files += sorted(f for name in INGEST_RESULTS for f in results.glob(f"{name}-*.json"))
     body = "".join(_section(json.loads(f.read_text())) for f in files)
+    for kind in ("images", "text"):
+        if (results / f"growth-{kind}.json").exists():
+            body += _growth_section(json.loads((results / f"growth-{kind}.json").read_text()))
     if (results / "feeder.json").exists():
         body += _feeder_section(json.loads((results / "feeder.json").read_text()))
     if (results / "train.json").exists():

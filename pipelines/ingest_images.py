@@ -45,7 +45,7 @@ def ingest_images(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestR
         staged = StagedWrite.start(target.sink(table_schema(icfg.keep_original), BLOB_COLUMNS),
                                    label_mapping(files, target) if counts.new else None)
         job = _batch_job(cfg, staged, run_id)
-        records = _decode(spark, files, cfg, job, staged) if counts.new else _empty_records(spark)
+        records = _decode(files, cfg, job, staged) if counts.new else _empty_records(spark)
     context = {"input": source, "config_hash": config_hash(cfg), "image_shape": list(_spec(icfg).shape)}
     return commit_ingest(spark, records, listing, counts, target, run_id=run_id, timings=timings, context=context,
                          staged=staged)
@@ -73,16 +73,16 @@ def _batch_job(cfg: AppConfig, staged: StagedWrite, run_id: str) -> ImageBatchJo
     return ImageBatchJob(_spec(icfg), icfg.split, icfg.keep_original, staged.labels, run_id, datetime.now(timezone.utc))
 
 
-def _decode(spark: "SparkSession", files: "DataFrame", cfg: AppConfig, job: ImageBatchJob, staged: StagedWrite) -> "DataFrame":
+def _decode(files: "DataFrame", cfg: AppConfig, job: ImageBatchJob, staged: StagedWrite) -> "DataFrame":
     """One outcome row per new file. The Python workers read each listed file (through dlspark.filesystem:
     any location it opens, names as they are), decode it and write the good rows to staged files; a file that
     vanished or changed since listing is rejected with that reason; empty or oversize files are rejected from
     the listing, unread."""
     icfg = cfg.ingest_images
     listed = files.where(F.col("length").between(1, icfg.max_file_bytes)).select("path", "modification_time", "length", "label")
-    # The listing is one small file: spread its rows over one task per core. The workers start one file after
-    # another (StagingArea.file_bytes), so a task can take any share, and more tasks would each cost a start-up.
-    listed = listed.repartition(spark.sparkContext.defaultParallelism, "path")
+    # One task per core (the cached listing's partitions, see dlspark.ingest.files.LISTING_CONF): the workers
+    # start one file after another (StagingArea.file_bytes), so a task can take any share, and more tasks would
+    # each cost a start-up.
     process = partial(read_then, process=partial(decode_batch, job=job))
     fn = partial(stage_batches, process=process, area=staged.area)
     return listed.mapInArrow(fn, OUTCOME_SCHEMA).unionByName(_unreadable(files, icfg.max_file_bytes))
