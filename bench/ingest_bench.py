@@ -1,14 +1,20 @@
-"""Ingest throughput vs a bare single-process loop on the same data, measured in one run.
+"""Ingest throughput against the tools a user would pick instead, and how its cost grows, measured in one run.
 
-    .venv/bin/python bench/ingest_bench.py images --files 20000      # 256x256 JPEGs -> 224x224 RGB
-    .venv/bin/python bench/ingest_bench.py text --rows 200000        # tweets CSV, replicated with distinct texts
-    .venv/bin/python bench/ingest_bench.py text --rows 1000000 --name text-1m   # same at 5x: fixed costs amortised
+    bench/setup_ray_venv.sh                                           # Ray Data in its own venv (.venv-ray)
+    .venv/bin/python bench/ingest_bench.py images --files 20000      # 256x256 JPEGs -> 224x224 RGB, 5 contenders
+    .venv/bin/python bench/ingest_bench.py text --rows 1000000 --name text-1m   # tweets CSV, 4 contenders
+    .venv/bin/python bench/ingest_bench.py growth-images --target 96  # ours at 20k, 100k, 200k files
+    .venv/bin/python bench/ingest_bench.py growth-text               # ours at 1M and 5M rows
     .venv/bin/python bench/ingest_bench.py report                    # rewrite BENCHMARKS.md from bench/results/
 
-Baseline: the same per-item work (decode+resize, or normalise+tokenize) in one Python process, with
-no Spark, times the number of Spark cores. Ours: the full pipeline (listing, ledger, decode, dedup,
-Parquet write, quarantine, summary) on local[CORES]; session start-up is excluded. Peak RSS is
-sampled every 0.2 s over the whole process tree (driver, JVM, Python workers).
+Images, on the same files, page cache warm, 2 cores each: (a) a bare single-process Pillow loop times the
+cores; (b) the no-Spark ceiling on all cores (multiprocessing: decode + resize + sha256 + Parquet write);
+(c) Spark's image source + a resize pandas UDF + Parquet write; (d) Ray Data ``read_images`` and
+``read_binary_files`` + ``map_batches`` (bench/ray_ingest.py, under Ray's venv); (e) ours, the full pipeline
+(listing, ledger, decode, dedup, Parquet write, quarantine, commit, summary) on local[CORES], in a fresh JVM;
+session start-up is excluded for Spark and Ray alike. Text: (a), (b) (CSV byte ranges, our normalisation and
+tokenizer, Parquet), (d) Ray Data ``read_csv`` + ``map_batches``, (e). Peak RSS is sampled every 0.2 s over
+the process tree, and separately for the Python driver and the JVM.
 """
 from __future__ import annotations
 

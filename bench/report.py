@@ -50,31 +50,43 @@ def _ceiling(r: dict) -> str:
 
 
 _CONTENDERS = {
-    "bare_x_cores": "(a) bare single-process Pillow loop x cores",
-    "ceiling": "(b) no-Spark ceiling, all cores (multiprocessing: decode + resize + sha256 + Parquet write)",
-    "spark_image_source": "(c) Spark's image source + resize pandas UDF + Parquet write",
-    "ray_read_images": "(d) Ray Data `read_images(size=...)` -> `write_parquet`",
-    "ray_binary_map_batches": "(d) Ray Data `read_binary_files` + `map_batches` (decode, resize, sha256) -> `write_parquet`",
-    "ours": "(e) dlspark full pipeline (listing, ledger, dedup, quarantine, commit, summary)",
+    "images": {
+        "bare_x_cores": "(a) bare single-process Pillow loop x cores",
+        "ceiling": "(b) no-Spark ceiling, all cores (multiprocessing: decode + resize + sha256 + Parquet write)",
+        "spark_image_source": "(c) Spark's image source + resize pandas UDF + Parquet write",
+        "ray_read_images": "(d) Ray Data `read_images(size=...)` -> `write_parquet`",
+        "ray_binary_map_batches": "(d) Ray Data `read_binary_files` + `map_batches` (decode, resize, sha256) -> `write_parquet`",
+        "ours": "(e) dlspark full pipeline (listing, ledger, dedup, quarantine, commit, summary)",
+    },
+    "text": {
+        "bare_x_cores": "(a) bare single-process loop (pandas CSV, our normalisation, transformers tokenizer) x cores",
+        "ceiling": "(b) no-Spark ceiling, all cores (multiprocessing: CSV byte ranges, normalise, sha256, Rust tokenizer, "
+                   "Parquet write)",
+        "ray_map_batches": "(d) Ray Data `read_csv` + `map_batches` (normalise, sha256, same tokenizer) -> `write_parquet`",
+        "ours": "(e) dlspark full pipeline (listing, ledger, dedup, quarantine, commit, summary)",
+    },
 }
 
 
 def _contenders(r: dict) -> str:
-    """The side-by-side table of an image run that measured every contender on the same files."""
+    """The side-by-side table of a run that measured the contenders on the same input."""
     if "contenders" not in r:
         return ""
-    rows = "\n".join(f"| {_CONTENDERS.get(k, k)} | {v:,.1f} | {v / r['contenders']['bare_x_cores']:.3f} |"
+    names = _CONTENDERS.get(r["benchmark"], {})
+    rows = "\n".join(f"| {names.get(k, k)} | {v:,.1f} | {v / r['contenders']['bare_x_cores']:.3f} |"
                      for k, v in r["contenders"].items())
     ratios = ", ".join(f"{k} **{v}**" for k, v in r["ratios"].items())
-    ray = f" (Ray {r['ray_version']}, its own venv)" if r.get("ray_version") else ""
+    ray = f" (Ray {r['ray_version']}, its own venv: `bench/setup_ray_venv.sh`)" if r.get("ray_version") else ""
+    what = f"{r['items']:,} files" if r["benchmark"] == "images" else f"{r['items']:,} rows of one CSV file"
+    target = "0.85 of the ceiling" if r["benchmark"] == "images" else "0.90 of the ceiling"
     return f"""
-Side by side on the same {r['items']} files, page cache warm, {r['machine']['spark_cores']} cores each{ray}:
+Side by side on the same {what}, page cache warm, {r['machine']['spark_cores']} cores each{ray}:
 
-| contender | images/s | / (a) |
+| contender | {r['unit']} | / (a) |
 | --- | --- | --- |
 {rows}
 
-Ratios: {ratios} (targets: ours >= 0.85 of the ceiling, >= 1.3x the best other tool).
+Ratios: {ratios} (targets: ours >= {target}, >= 1.3x the best other tool).
 """
 
 
