@@ -85,7 +85,7 @@ def text_target(cfg: AppConfig) -> IngestTarget:
 
 def readable_inputs(files: "DataFrame", sidecar: Sidecar) -> ReadableInputs:
     """What Spark's reader is given for the new ``files``: their locations, with a safe copy for a name it
-    cannot open, and an outcome row for each file that is empty or vanished since listing."""
+    cannot open, and an outcome row for each file that is empty, vanished or changed since listing."""
     rows = files.select("path", F.unix_millis("modification_time").alias("ms"), "length").collect()
     listed = [(r["path"], datetime.fromtimestamp(r["ms"] / 1000, timezone.utc), r["length"]) for r in rows]
     return plan_inputs(listed, f"{sidecar.root}/renamed/{uuid.uuid4().hex}")
