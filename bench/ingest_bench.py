@@ -47,6 +47,7 @@ class PeakRss:
 
     def __enter__(self) -> "PeakRss":
         self.peak, self.peak_driver, self.peak_jvm, self._stop = 0, 0, 0, threading.Event()
+        self.driver_at_start = psutil.Process().memory_info().rss  # the harness's own lists of paths etc.
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -432,7 +433,7 @@ def bench_growth(args: argparse.Namespace) -> dict:
     points = []
     for n in sizes:
         size_arg = ["--files", str(n), "--size", str(args.size), "--target", str(args.target), "--only-ours"] \
-            if kind == "images" else ["--rows", str(n)]
+            if kind == "images" else ["--rows", str(n), "--only-ours"]
         name = f"growth/{kind}-{n}"
         cmd = [sys.executable, str(Path(__file__).resolve()), kind, *size_arg, "--workdir", args.workdir, "--name", name,
                "--no-report"]
@@ -449,6 +450,7 @@ def bench_growth(args: argparse.Namespace) -> dict:
               "s_per_1k_last_over_first": round(last["s_per_1k"] / first["s_per_1k"], 3),
               "driver_rss_last_over_first": round(last["peak_rss_mib"]["ours_python_driver"]
                                                   / first["peak_rss_mib"]["ours_python_driver"], 3),
+              "driver_growth_mib": [p["peak_rss_mib"].get("ours_python_driver_growth") for p in points],
               "data": (f"JPEGs {args.size}x{args.size} -> {args.target}x{args.target} RGB" if kind == "images"
                        else "tweet rows (real corpus replicated, distinct texts), max_length 64"),
               "machine": _machine(), "command": " ".join(["bench/ingest_bench.py", *sys.argv[1:]]),
@@ -473,8 +475,9 @@ def _plot_growth(result: dict, png: Path) -> None:
     ax.set_ylabel("seconds per 1k")
     ax.set_ylim(bottom=0)
     rss = ax.twinx()
-    rss.plot(x, [p["peak_rss_mib"]["ours_python_driver"] for p in pts], "^:", color="gray", label="driver peak RSS (MiB)")
-    rss.set_ylabel("Python driver peak RSS, MiB")
+    rss.plot(x, [p["peak_rss_mib"].get("ours_python_driver_growth", 0) for p in pts], "^:", color="gray",
+             label="driver RSS growth in run (MiB)")
+    rss.set_ylabel("Python driver RSS growth during the ingest, MiB")
     rss.set_ylim(bottom=0)
     ax.legend(loc="lower left", fontsize=8)
     rss.legend(loc="lower right", fontsize=8)
@@ -494,7 +497,8 @@ def _result(name, unit, n, bare, bare_n, bare_rss, wall, summary, rss, target, d
         "target": target, "ours_wall_s": round(wall, 1), "stage_s": summary["timings_s"], "counts": summary["counts"],
         "worker_s": summary.get("worker_s", {}), "fixed_s": _fixed_seconds(wall, summary["timings_s"]),
         "peak_rss_mib": {"bare": round(bare_rss / 2**20) if bare_rss else None, "ours": round(rss.peak / 2**20),
-                         "ours_python_driver": round(rss.peak_driver / 2**20), "ours_jvm": round(rss.peak_jvm / 2**20)},
+                         "ours_python_driver": round(rss.peak_driver / 2**20), "ours_jvm": round(rss.peak_jvm / 2**20),
+                         "ours_python_driver_growth": round((rss.peak_driver - rss.driver_at_start) / 2**20)},
         "machine": _machine(), "command": " ".join(["bench/ingest_bench.py", *sys.argv[1:]]),
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

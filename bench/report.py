@@ -94,7 +94,8 @@ def _growth_section(r: dict) -> str:
     """Cost growth: seconds per 1k items and peak RSS at each size, each size a fresh process."""
     rows = "\n".join(
         f"| {p['items']:,} | {p['wall_s']} | {p['s_per_1k']} | {p['process_s_per_1k']} | {p['fixed_s']} | "
-        f"{p['peak_rss_mib']['ours_python_driver']} | {p['peak_rss_mib']['ours_jvm']} | {p['peak_rss_mib']['ours']} |"
+        f"{p['peak_rss_mib']['ours_python_driver']} ({p['peak_rss_mib'].get('ours_python_driver_growth', '-')}) | "
+        f"{p['peak_rss_mib']['ours_jvm']} | {p['peak_rss_mib']['ours']} |"
         for p in r["points"])
     return f"""
 ## Ingest cost growth: {r['benchmark'].removeprefix('growth-')}, {r['data']}
@@ -102,12 +103,13 @@ def _growth_section(r: dict) -> str:
 Command: `.venv/bin/python {r['command']}` ({r['measured_at']}); each size runs in a fresh process (its own
 JVM and driver), the full pipeline as in the table above.
 
-| {r['unit']} | wall s | s per 1k | process stage s per 1k | fixed s | driver (Python) peak RSS MiB | JVM peak RSS MiB | all processes MiB |
+| {r['unit']} | wall s | s per 1k | process s per 1k | fixed s | driver peak RSS MiB (growth in run) | JVM MiB | all MiB |
 | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
 Seconds per 1k at the largest size / at the smallest: **{r['s_per_1k_last_over_first']}** (target <= 1.10); Python
-driver peak RSS, largest / smallest: **{r['driver_rss_last_over_first']}**.
+driver peak RSS, largest / smallest: **{r['driver_rss_last_over_first']}** (the driver process also holds the
+harness's own list of the input paths; its growth during the ingest itself is in brackets).
 
 ![cost growth](bench/results/growth-{r['benchmark'].removeprefix('growth-')}.png)
 """
