@@ -78,3 +78,11 @@ def test_listing_through_fsspec_for_schemes_pyarrow_lacks():
     assert found == {"memory://dlspark-test/.c": 1, "memory://dlspark-test/a/b.txt": 2}
     assert fs.status("memory://dlspark-test/a/b.txt").size == 2 and fs.status("memory://dlspark-test/nope") is None
     memory.rm("/dlspark-test", recursive=True)
+
+
+def test_pyarrow_filesystems_are_made_once_per_process():
+    """A worker resolves every file it reads: the pyarrow filesystem (a client, for object stores) is reused."""
+    first, path = fs.arrow_filesystem("file:///tmp/a b")
+    again, other = fs.arrow_filesystem("/tmp/c")
+    assert first is again and (path, other) == ("/tmp/a b", "/tmp/c")
+    assert fs.arrow_filesystem("memory://x") is None  # no pyarrow filesystem: callers use resolve()

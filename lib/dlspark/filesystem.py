@@ -19,6 +19,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from urllib.parse import unquote, urlparse
 
@@ -60,18 +61,31 @@ def resolve(uri: str) -> tuple["AbstractFileSystem", str]:
 def arrow_filesystem(uri: str) -> "tuple[pafs.FileSystem, str] | None":
     """pyarrow's native (filesystem, path) for ``uri``: local paths always; HDFS, S3, GCS when pyarrow opens
     them (credentials from the environment). None where pyarrow has no filesystem for it: use :func:`resolve`."""
+    location = _fsspec_form(uri)
+    parsed = urlparse(location)
+    if parsed.scheme in ("", "file"):
+        return _arrow_filesystem_for("file", ""), _local_path(location)
+    if parsed.scheme not in ("hdfs", "s3", "gs", "gcs"):
+        return None
+    fs = _arrow_filesystem_for(parsed.scheme, parsed.netloc)
+    if fs is None:
+        return None
+    # pyarrow's own path forms: HDFS paths from the root, object stores "bucket/key"
+    return fs, parsed.path if parsed.scheme == "hdfs" else f"{parsed.netloc}{parsed.path}".rstrip("/")
+
+
+@lru_cache(maxsize=32)
+def _arrow_filesystem_for(scheme: str, netloc: str) -> "pafs.FileSystem | None":
+    """One pyarrow filesystem per (scheme, host or bucket) and process: creating one builds a client (and
+    resolves credentials), which a worker reading thousands of files must not do per file."""
     from pyarrow import fs as pafs
 
-    location = _fsspec_form(uri)
-    scheme = urlparse(location).scheme
-    if scheme in ("", "file"):
-        return pafs.LocalFileSystem(), _local_path(location)
-    if scheme not in ("hdfs", "s3", "gs", "gcs"):
-        return None
+    if scheme == "file":
+        return pafs.LocalFileSystem()
     try:
-        return pafs.FileSystem.from_uri(location)
+        return pafs.FileSystem.from_uri(f"{scheme}://{netloc}/")[0]
     except (OSError, ValueError) as err:  # ArrowInvalid is a ValueError; a missing libhdfs an OSError
-        log.debug("pyarrow cannot open %s (%s); using fsspec", uri, err)
+        log.debug("pyarrow cannot open %s://%s (%s); using fsspec", scheme, netloc, err)
         return None
 
 
@@ -199,9 +213,8 @@ def makedirs(uri: str) -> None:
 def write_text(uri: str, text: str) -> None:
     """Write ``text`` (UTF-8) to ``uri``, creating its folder, atomically where the filesystem allows."""
     fs, path = resolve(uri)
-    fs.makedirs(path.rsplit("/", 1)[0] or "/", exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with fs.open(tmp, "w", encoding="utf-8") as handle:
+    with open_file(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
     fs.mv(tmp, path)
 
