@@ -10,7 +10,8 @@ import pytest
 
 from dlspark.config import SplitConfig
 from dlspark.images import ImageSpec
-from dlspark.images.batches import OUTCOME_DDL, ImageBatchJob, decode_batch, table_ddl, table_schema
+from dlspark.images.batches import OUTCOME_DDL, ImageBatchJob, decode_batch, table_schema
+from dlspark.tables import TableSink
 from dlspark.tables.staged import STAGED_FILE, StagingArea, drop_records, stage_batches
 from tests.image_zoo import jpeg_bytes, png_bytes
 
@@ -75,11 +76,16 @@ def test_keep_original_stores_the_file_bytes():
     batch = _zoo_batch()
     rows, _ = decode_batch(batch, _job(keep_original=True))
     assert rows.column("original")[0].as_py() == batch.column("content")[0].as_py()
-    assert "original binary" in table_ddl(True) and "original" not in table_ddl(False)
+    assert "original binary" in _ddl(True) and "original" not in _ddl(False)
+
+
+def _ddl(keep_original: bool) -> str:
+    """The image table's Spark DDL as the sink derives it from the staged files' schema."""
+    return TableSink("/tmp/t", fmt="parquet", schema=table_schema(keep_original)).ddl
 
 
 def test_table_ddl_matches_the_arrow_schema():
-    ddl = table_ddl(False)
+    ddl = _ddl(False)
     assert ddl.split(", ")[:5] == ["path string", "label string", "label_index int", "sha256 string", "pixels binary"]
     assert ddl.endswith("split string") and "shape array<int>" in ddl
 

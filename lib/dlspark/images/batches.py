@@ -23,7 +23,6 @@ from dlspark.images.decode import DecodedImage, ImageRejected, ImageSpec, decode
 from dlspark.labels import label_index
 from dlspark.runlog import task_stage
 from dlspark.splits import split_for_key
-from dlspark.tables.staged import spark_ddl
 
 # Spark DDL of the outcome rows (one per record); must match _OUTCOME_TYPES below.
 OUTCOME_DDL = (
@@ -60,11 +59,6 @@ def binary_array(chunks: list[bytes]) -> pa.Array:
 
 
 BLOB_COLUMNS = ("pixels", "original")
-
-
-def table_ddl(keep_original: bool) -> str:
-    """The image table's Spark DDL, partition column last (as Spark reads a partitioned folder)."""
-    return spark_ddl(table_schema(keep_original), partition_col="split")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from dlspark.config import SplitConfig
 from dlspark.labels import label_index
 from dlspark.runlog import task_stage
 from dlspark.splits import split_for_key
-from dlspark.tables.staged import spark_ddl
 from dlspark.text.normalize import NormalizeSpec, has_replacement_chars, normalize_text
 from dlspark.text.tokenize import load_tokenizer, tokenize_batch
 
@@ -44,7 +43,6 @@ _TABLE_TYPES = [
     ("ingested_at", _UTC_US),
 ]
 TABLE_SCHEMA = pa.schema(_TABLE_TYPES)  # the ``split`` partition column lives in the folder names
-TABLE_DDL = spark_ddl(TABLE_SCHEMA, partition_col="split")
 
 
 @dataclass(frozen=True)
