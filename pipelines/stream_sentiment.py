@@ -249,7 +249,7 @@ class ProgressTracker:
         for q in self.queries:
             _raise_if_failed(q)
             seen = self.progress.setdefault(q.name, {})
-            for p in q.recentProgress:
+            for p in map(progress_dict, q.recentProgress):
                 if p["batchId"] not in seen:
                     seen[p["batchId"]] = p
                     self.busy |= p["numInputRows"] > 0
@@ -273,6 +273,15 @@ class ProgressTracker:
             if batches:
                 out[name] = next((x for x in reversed(batches) if x["numInputRows"] > 0), batches[-1])
         return out
+
+
+def progress_dict(progress: Any) -> dict[str, Any]:
+    """A batch's progress as a dict: pyspark 3.5 gives dicts; pyspark 4 gives ``StreamingQueryProgress``, whose
+    JSON lacks the computed ``numInputRows`` and rates (Spark Connect's ``p["numInputRows"]`` is None); it
+    subclasses dict, so it is told apart by its attributes."""
+    if not hasattr(progress, "numInputRows"):
+        return progress
+    return {k: getattr(progress, k) for k in (*PROGRESS_FIGURES, "durationMs")}
 
 
 def _figures(progress: dict) -> dict[str, Any]:

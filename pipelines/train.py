@@ -31,7 +31,7 @@ from dlspark.paths import resolve_path
 from dlspark.runlog import read_json
 from dlspark.tables import TableSnapshot, read_table
 from dlspark.tracking import RegistrationResult, log_run_inputs, register_and_promote, resolve_tracking, start_run
-from dlspark.train import TrainJob, TrainResult, run_training
+from dlspark.train import TrainJob, TrainResult, require_supported_session, run_training
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -61,6 +61,7 @@ class TrainReport:
 def train_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TrainReport:
     """Train ``cfg.train`` on its table, log everything to MLflow and register the model."""
     tcfg = cfg.train
+    require_supported_session(spark, tcfg)
     table_uri = resolve_path(cfg.paths.data_dir, tcfg.table)
     snapshot = read_table(spark, table_uri, fmt=tcfg.table_format)
     labels, label_map = training_labels(cfg, table_uri)

@@ -19,6 +19,7 @@ from dlspark.config import AppConfig, to_dict
 from dlspark.paths import resolve_path
 from dlspark.tables import read_table, write_table
 from dlspark.tracking import TrackingTarget, log_run_inputs, resolve_tracking, start_run
+from dlspark.train import require_supported_session
 from dlspark.tuning import study as studies
 from dlspark.tuning.results import TRIALS_DDL, trial_record, trials_table_rows, write_best_yaml, write_trials_json
 from dlspark.tuning.space import suggest, validate_space
@@ -56,6 +57,7 @@ class TuneReport:
 def tune_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TuneReport:
     """Run (or resume) the study of ``cfg.tune`` over ``cfg.train``; see the module docstring."""
     validate_space(cfg.train, cfg.tune)
+    require_supported_session(spark, cfg.train)
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
     study = studies.open_study(cfg)
     studies.close_stale(study)
@@ -73,7 +75,7 @@ def tune_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TuneReport
                                    checkpoint_dir=f"{studies.output_dir(cfg)}/checkpoints", study=study.study_name,
                                    tracking_uri=target.tracking_uri, experiment_id=run.info.experiment_id,
                                    parent_run_id=run.info.run_id)
-            parallelism = min(cfg.tune.parallelism or task_slots(spark.sparkContext), todo)
+            parallelism = min(cfg.tune.parallelism or task_slots(spark), todo)
             new = _run_study(spark, study, context, todo, parallelism, group=f"dlspark-tune-{run_id}")
         else:
             log.info("study %s already has its %d trials; writing its best back", study.study_name, cfg.tune.n_trials)

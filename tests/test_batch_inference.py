@@ -23,6 +23,8 @@ from tests.inference_models import (
     register_text_model,
 )
 
+pytestmark = pytest.mark.connect  # also run over Spark Connect (make test-connect)
+
 N_IMAGES = 40
 BAD = {5: None, 17: b"\x01" * 10}   # a null image and a wrong byte count
 
@@ -73,14 +75,15 @@ def _written(spark, data: Path, name: str = "test-images"):
     return spark.read.parquet(str(data / "tables" / "predictions" / name))
 
 
-def test_scores_every_row_once_with_errors_for_bad_rows_and_exact_accuracy(spark, image_store):
+def test_scores_every_row_once_with_errors_for_bad_rows_and_exact_accuracy(spark, ansi_mode, image_store):
     data, labels = image_store
-    report = score_table(spark, _cfg(data), "run-1")
+    name = f"test-images-{ansi_mode}"  # one output per ANSI mode: the second would otherwise be a rerun
+    report = score_table(spark, _cfg(data, f"inference.output=tables/predictions/{name}"), "run-1")
 
     assert (report.rows, report.scored, report.errors, report.skipped) == (N_IMAGES, N_IMAGES - 2, 2, False)
     assert report.error_reasons == {"null_image": 1, "wrong_shape": 1}
     assert report.model == "test-images/1" and report.flavor == "pytorch"
-    out = {r["sha256"]: r for r in _written(spark, data).collect()}
+    out = {r["sha256"]: r for r in _written(spark, data, name).collect()}
     assert sorted(out) == [f"h{i:03d}" for i in range(N_IMAGES)]
     predicted = _model_predictions()
     for i in range(N_IMAGES):
@@ -94,6 +97,21 @@ def test_scores_every_row_once_with_errors_for_bad_rows_and_exact_accuracy(spark
     assert report.labelled == N_IMAGES and report.accuracy == pytest.approx(right / N_IMAGES)
     assert report.train_test_accuracy == pytest.approx(0.5)
     assert {r["scored_date"] for r in out.values()} == {out["h000"]["scored_at"].date()}
+
+
+def test_a_model_shipped_to_executors_scores_like_the_local_folder(spark, image_store, monkeypatch, caplog):
+    """As on a cluster: the model travels as an archive (addArchive; addArtifacts over Spark Connect) and executors
+    load the unpacked copy, not the driver's folder."""
+    from dlspark.inference import spark_scoring
+
+    data, _ = image_store
+    monkeypatch.setattr(spark_scoring, "executors_share_files", lambda session: False)
+    caplog.set_level("INFO", logger="dlspark.inference.spark_scoring")
+    report = score_table(spark, _cfg(data, "inference.output=tables/predictions/shipped"), "run-1")
+    assert "shipped model" in caplog.text and (report.scored, report.errors) == (N_IMAGES - 2, 2)
+    predicted = _model_predictions()
+    out = {r["sha256"]: r["prediction"] for r in _written(spark, data, "shipped").collect()}
+    assert all(out[f"h{i:03d}"] == predicted[i] for i in range(N_IMAGES) if i not in BAD)
 
 
 def test_rerun_on_the_same_input_and_model_writes_nothing(spark, image_store):

@@ -12,7 +12,11 @@ from dlspark.config import load_config
 from dlspark.ingest.files import InputNotFound
 from dlspark.tables import read_table
 from pipelines.ingest_images import ingest_images
+from tests.ansi import ANSI_MODES, ansi_conf
 from tests.image_zoo import bad_files, good_tree, jpeg_bytes, write_tree
+from tests.stacks import no_cached_frames
+
+pytestmark = pytest.mark.connect  # also run over Spark Connect (make test-connect)
 
 
 def image_cfg(tmp_path: Path, *sets: str):
@@ -42,12 +46,13 @@ def zoo(tmp_path):
     return make_zoo(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def zoo_run(spark, tmp_path_factory):
-    """One ingest of the zoo, shared by the read-only tests."""
+@pytest.fixture(scope="module", params=ANSI_MODES)
+def zoo_run(spark, tmp_path_factory, request):
+    """One ingest of the zoo per ANSI mode (Spark 4's default on, 3.5's off), shared by the read-only tests."""
     root = make_zoo(tmp_path_factory.mktemp("zoo"))
     cfg = image_cfg(root)
-    return root, cfg, ingest_images(spark, cfg, "run-1")
+    with ansi_conf(spark, request.param):
+        return root, cfg, ingest_images(spark, cfg, "run-1")
 
 
 def test_bad_file_zoo_is_quarantined_and_counts_reconcile(spark, zoo_run):
@@ -92,8 +97,8 @@ def test_rerun_is_idempotent_then_incremental(spark, zoo):
     assert (c.files_already_ingested, c.files_new, c.written, c.duplicates, c.quarantined) == (14, 2, 1, 1, 0)
     table = table_rows(spark, cfg)
     assert table.count() == 7
-    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()  # every frame a run persisted is released
     assert table.where(F.col("ingest_run_id") == "run-3").select("path").first()["path"].endswith("cat/new.jpg")
+    assert no_cached_frames(spark)  # every frame a run persisted is released
 
 
 def test_dedup_off_keeps_identical_content(spark, zoo):
@@ -102,7 +107,7 @@ def test_dedup_off_keeps_identical_content(spark, zoo):
     assert (c.written, c.duplicates) == (7, 0)
 
 
-def test_unknown_label_is_quarantined(spark, zoo):
+def test_unknown_label_is_quarantined(spark, ansi_mode, zoo):
     cfg = image_cfg(zoo, "ingest_images.labels=[cat]")
     c = ingest_images(spark, cfg, "run-1").counts
     assert c.written == 3
@@ -110,7 +115,7 @@ def test_unknown_label_is_quarantined(spark, zoo):
     assert "unknown_label" in reasons
 
 
-def test_labels_from_csv(spark, tmp_path):
+def test_labels_from_csv(spark, ansi_mode, tmp_path):
     write_tree(tmp_path / "landing", {f"flat/{k.replace('/', '_')}": v for k, v in good_tree(2).items()})
     names = sorted(p.name for p in (tmp_path / "landing/flat").iterdir())
     (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(f"flat/{n},{n.split('_')[0]}" for n in names[:-1]))

@@ -19,6 +19,8 @@ from pipelines.ingest_images import ingest_images
 from pipelines.ingest_text import ingest_text
 from tests.image_zoo import jpeg_bytes
 
+pytestmark = pytest.mark.connect  # also run over Spark Connect (make test-connect)
+
 ODD_NAMES = ["with space", "pct%20literal", "hash#1", "plus+1", "br[1]", "q?mark", "ünïcödé", ".leading_dot",
              "_underscore", "star*", "brace{a,b}", "colon:x", "a" * 196]
 

@@ -10,6 +10,10 @@ from pyspark.sql import functions as F
 from dlspark.config import load_config
 from dlspark.tables import read_table
 from pipelines.ingest_text import InputSchemaError, ingest_text
+from tests.ansi import ANSI_MODES, ansi_conf
+from tests.stacks import no_cached_frames
+
+pytestmark = pytest.mark.connect  # also run over Spark Connect (make test-connect)
 
 CSV = (
     b"sentiment,text\n"
@@ -37,13 +41,14 @@ def rows(spark, tmp_path, name="tables/text"):
     return read_table(spark, f"{tmp_path}/{name}", fmt="parquet").df
 
 
-@pytest.fixture(scope="module")
-def first_run(spark, tmp_path_factory):
-    """One ingest of CSV shared by the read-only tests below."""
+@pytest.fixture(scope="module", params=ANSI_MODES)
+def first_run(spark, tmp_path_factory, request):
+    """One ingest of CSV per ANSI mode (Spark 4's default on, 3.5's off), shared by the read-only tests below."""
     tmp = tmp_path_factory.mktemp("text")
     (tmp / "landing").mkdir()
     (tmp / "landing/a.csv").write_bytes(CSV)
-    return tmp, ingest_text(spark, text_cfg(tmp), "run-1")
+    with ansi_conf(spark, request.param):
+        return tmp, ingest_text(spark, text_cfg(tmp), "run-1")
 
 
 def test_counts_reconcile_and_reasons(spark, first_run):
@@ -105,7 +110,7 @@ def test_rerun_then_incremental(spark, tmp_path):
     assert rows(spark, tmp_path).count() == first.written + 1
 
 
-def test_jsonl_input_with_a_malformed_line(spark, tmp_path):
+def test_jsonl_input_with_a_malformed_line(spark, ansi_mode, tmp_path):
     (tmp_path / "landing").mkdir()
     (tmp_path / "landing/x.jsonl").write_text('{"text": "fine", "label": "positive"}\n{not json\n{"text": "ok too", "label": "negative"}\n')
     cfg = text_cfg(tmp_path, "ingest_text.input_format=jsonl", "ingest_text.label_column=label")
@@ -120,4 +125,4 @@ def test_missing_text_column_names_the_key_and_the_columns(spark, tmp_path):
     (tmp_path / "landing/a.csv").write_text("sentiment,body\npositive,hi\n")
     with pytest.raises(InputSchemaError, match=r"ingest_text.text_column='text'.*\['sentiment', 'body'\]"):
         ingest_text(spark, text_cfg(tmp_path), "run-1")
-    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()  # the failed run released its file listing
+    assert no_cached_frames(spark)  # the failed run released its file listing

@@ -24,6 +24,8 @@ from dlspark.tables import (
     write_table,
 )
 
+pytestmark = pytest.mark.connect  # also run over Spark Connect (make test-connect)
+
 UTC = dt.UTC
 TS0 = dt.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 TS1 = dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC)

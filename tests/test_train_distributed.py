@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 
 from dlspark.train import TrainingFailed, run_training
+from tests.stacks import needs
 from tests.test_train_loop import image_job, write_image_table
 
 pytestmark = pytest.mark.slow
@@ -16,7 +17,7 @@ def table(tmp_path_factory):
     return write_image_table(tmp_path_factory.mktemp("dist_images"), {"train": 256, "val": 64, "test": 64})
 
 
-@pytest.mark.parametrize("backend", ["horovod", "torch_distributor"])
+@pytest.mark.parametrize("backend", [pytest.param("horovod", marks=needs("horovod")), "torch_distributor"])
 def test_two_process_backend_trains_and_splits_the_data(spark, table, tmp_path, backend):
     job = image_job(table, tmp_path, run_name=backend, epochs=1, num_workers=2)
     result = run_training(job, backend, spark=spark)
@@ -28,7 +29,7 @@ def test_two_process_backend_trains_and_splits_the_data(spark, table, tmp_path, 
     assert (tmp_path / backend / "best.pt").is_file()
 
 
-@pytest.mark.parametrize("backend", ["horovod", "torch_distributor"])
+@pytest.mark.parametrize("backend", [pytest.param("horovod", marks=needs("horovod")), "torch_distributor"])
 def test_worker_failure_carries_the_worker_error(spark, table, tmp_path, backend):
     job = image_job(table, tmp_path, run_name="bad", epochs=1, num_workers=2)
     job = replace(job, model={"name": "cnn", "in_channels": 1, "num_classes": 2, "no_such_field": 1})

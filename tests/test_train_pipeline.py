@@ -16,6 +16,7 @@ from dlspark.tracking import CANDIDATE, CHAMPION, list_versions, resolve_trackin
 from pipelines.ingest_images import ingest_images
 from pipelines.train import TrainInputError, sentiment_labels, train_model
 from tests.image_zoo import separable_images, write_tree
+from tests.stacks import needs
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def _train_cfg(root: Path, run_name: str, *sets: str):
     ])
 
 
-@pytest.mark.parametrize("feeder", ["arrow", "petastorm"])
+@pytest.mark.parametrize("feeder", ["arrow", pytest.param("petastorm", marks=needs("petastorm"))])
 def test_local_backend_trains_logs_and_registers(spark, image_table, feeder):
     cfg = _train_cfg(image_table, f"local-{feeder}", f"train.feed.feeder={feeder}", "train.epochs=3")
     report = train_model(spark, cfg, f"run-{feeder}")
@@ -55,7 +56,7 @@ def test_local_backend_trains_logs_and_registers(spark, image_table, feeder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["horovod", "torch_distributor"])
+@pytest.mark.parametrize("backend", [pytest.param("horovod", marks=needs("horovod")), "torch_distributor"])
 def test_distributed_backends_run_the_same_job(spark, image_table, backend):
     # 2 workers scale the LR x2: a gentler base LR than the local test keeps BatchNorm with 8-row batches stable.
     cfg = _train_cfg(image_table, f"dist-{backend}", f"train.backend={backend}", "train.epochs=2", "train.lr=0.003")

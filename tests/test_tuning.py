@@ -19,6 +19,8 @@ from dlspark.tuning import apply_params, nest, suggest, validate_space, write_be
 from dlspark.tuning import study as studies
 from tests.image_zoo import separable_images, write_tree
 
+pytestmark = pytest.mark.connect  # also run over Spark Connect (make test-connect)
+
 SPACE = ("tune.space={lr: {type: loguniform, low: 1e-3, high: 1e-1}, weight_decay: {type: float, low: 0, high: 0.01},"
          " optimizer: {type: categorical, choices: [adamw, sgd]}, feed.batch_size: {type: int, low: 4, high: 16, step: 4}}")
 
@@ -99,15 +101,12 @@ def test_resumed_study_counts_reported_trials_and_closes_stale_ones(tmp_path):
 
 
 class _FakeContext:
-    """Just enough SparkContext to drive ``run_trials``: ``collect`` raises ``error``; calls are recorded."""
+    """Just enough SparkContext for ``run_trials``' job group; calls are recorded."""
 
     defaultParallelism = 4
 
-    def __init__(self, error: BaseException) -> None:
-        self.error, self.calls = error, []
-
-    def getConf(self):  # noqa: N802 - SparkContext's name
-        return {"spark.task.cpus": "2"}
+    def __init__(self) -> None:
+        self.calls = []
 
     def setJobGroup(self, group, description, interruptOnCancel=False):  # noqa: N802, N803
         self.calls.append(("setJobGroup", group, interruptOnCancel))
@@ -118,15 +117,21 @@ class _FakeContext:
     def setLocalProperty(self, key, value):  # noqa: N802
         self.calls.append(("setLocalProperty", key, value))
 
-    def parallelize(self, data, slices):
-        self.calls.append(("parallelize", len(data), slices))
-        return self
 
-    def map(self, fn):
-        return self
+class _FailingFrame:
+    """The trials DataFrame, whose ``collect`` raises ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
     def collect(self):
         raise self.error
+
+
+def _fake_session(sc):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(sparkContext=sc, conf=SimpleNamespace(get=lambda key, default=None: {"spark.task.cpus": "2"}.get(key, default)))
 
 
 def _tasks(n: int):
@@ -137,20 +142,36 @@ def _tasks(n: int):
     return [TrialTask(i, {"lr": 0.01 * (i + 1)}, ctx) for i in range(n)]
 
 
-def test_interrupt_cancels_the_trials_job_group_and_a_lost_job_fails_its_trials():
-    from types import SimpleNamespace
-
+def test_interrupt_cancels_the_trials_job_group_and_a_lost_job_fails_its_trials(monkeypatch):
+    from dlspark.tuning import spark_trials
     from dlspark.tuning.spark_trials import run_trials, task_slots
 
-    sc = _FakeContext(KeyboardInterrupt())
-    assert task_slots(sc) == 2  # 4 cores / spark.task.cpus 2
+    sc = _FakeContext()
+    assert task_slots(_fake_session(sc)) == 2  # 4 cores / spark.task.cpus 2
+    monkeypatch.setattr(spark_trials, "trials_frame", lambda spark, tasks, trial: _FailingFrame(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        run_trials(SimpleNamespace(sparkContext=sc), _tasks(2), group="g1")
-    assert sc.calls[:2] == [("setJobGroup", "g1", True), ("parallelize", 2, 2)] and ("cancelJobGroup", "g1") in sc.calls
-    lost = _FakeContext(RuntimeError("executor lost"))
-    outcomes = run_trials(SimpleNamespace(sparkContext=lost), _tasks(3), group="g2")
+        run_trials(_fake_session(sc), _tasks(2), group="g1")
+    assert sc.calls[0] == ("setJobGroup", "g1", True) and ("cancelJobGroup", "g1") in sc.calls
+    assert sc.calls[-1] == ("setLocalProperty", "spark.jobGroup.id", None)  # the group ends with the call
+    lost = _FakeContext()
+    monkeypatch.setattr(spark_trials, "trials_frame", lambda spark, tasks, trial: _FailingFrame(RuntimeError("executor lost")))
+    outcomes = run_trials(_fake_session(lost), _tasks(3), group="g2")
     assert [o.number for o in outcomes] == [0, 1, 2] and all(o.failed and "executor lost" in o.error for o in outcomes)
     assert not any(c[0] == "cancelJobGroup" for c in lost.calls)
+
+
+def test_trials_frame_runs_one_trial_per_task(spark):
+    from dlspark.tuning.spark_trials import run_trials
+
+    def fake_trial(task):  # nested, so it travels by value to the Python workers
+        from dlspark.tuning.results import TrialOutcome
+        from dlspark.tuning.trial import task_location
+
+        return TrialOutcome(task.number, float(task.number), dict(task.params), where=task_location())
+
+    outcomes = run_trials(spark, _tasks(3), group="g3", trial=fake_trial)
+    assert [o.value for o in outcomes] == [0.0, 1.0, 2.0]
+    assert sorted(o.where["partition"] for o in outcomes) == [0, 1, 2]  # one Spark task each
 
 
 # ---------------------------------------------------------------- Spark: trials on executors, MLflow, resume

@@ -46,6 +46,7 @@ class SparkConfig:
     """SparkSession settings; ``conf`` passes any other ``spark.*`` key through unchanged."""
 
     master: str = "local[*]"
+    remote: str | None = None  # Spark Connect: sc://host:port, or local[N] for a server in this process
     app_name: str = "dlspark"
     deploy_mode: Literal["client", "cluster"] = "client"
     driver_memory: str = "4g"
@@ -74,6 +75,9 @@ class SparkConfig:
             not (self.task_gpus > 0 and self.executor_gpus == 0),
             f"spark.task_gpus is {self.task_gpus} but spark.executor_gpus is 0: set spark.executor_gpus too",
         )
+        _require(self.remote is None or self.remote.startswith(("sc://", "local")),
+                 f"spark.remote: {self.remote!r} is not a Spark Connect address; use sc://host:15002 "
+                 "(or local[2] to start a server in this process), or null for a classic session")
         secret_like = [k for k in self.conf if re.search(r"secret|password|token|access\.key", k, re.IGNORECASE)]
         _require(
             not secret_like,

@@ -1,6 +1,6 @@
 """Spark side of batch inference: ship the model to executors and score a DataFrame with ``mapInArrow``.
 
-The model folder travels once per application with ``SparkContext.addArchive`` (executors need no access
+The model folder travels once per session with ``addArchive`` (``addArtifacts`` over Spark Connect; executors need no access
 to the MLflow server), each Python worker loads it once (``scoring.cached_predictor``), and Arrow batches
 go straight from the JVM to the model: no pandas, no per-row Python, no pickling of rows.
 """
@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Sequence
 
 from dlspark.inference.model import ModelBundle
 from dlspark.inference.scoring import PREDICTION_DDL, ScoringSpec, score_batches
+from dlspark.spark.connect import executors_share_files, is_connect
 
 if TYPE_CHECKING:
     from pyspark.resource import ResourceProfile
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
+_SHIPPED: set[tuple[int, str]] = set()  # (session, archive) pairs shipped by this process
 
 INPUT_COLUMNS = {"image": ("pixels", "shape"), "tokens": ("input_ids", "attention_mask")}
 
@@ -35,23 +37,31 @@ def scoring_spec(bundle: ModelBundle, **options: object) -> ScoringSpec:
 
 
 def ship_model(spark: SparkSession, spec: ScoringSpec) -> ScoringSpec:
-    """``spec`` with its model folder shipped to every executor (``addArchive``); unchanged in local mode.
+    """``spec`` with its model folder shipped to every executor, unless they read this machine's files anyway
+    (a ``local`` master of a classic session or of a Connect server this process started).
 
-    The archive name carries a hash of the folder's contents, so a new model version is a new archive
-    and a rerun in the same application reuses the shipped one.
+    A classic session ships with ``SparkContext.addArchive``, a Spark Connect one with
+    ``spark.addArtifacts(..., archive=True)`` (a remote server reads none of the client's folders); executors find
+    the unpacked folder with ``SparkFiles.get`` either way. The archive name carries a hash of the folder's
+    contents, so a new model version is a new archive and a rerun in the same session reuses the shipped one.
     """
-    master = spark.sparkContext.master
-    if master.startswith("local") or spec.model_dir is None:
+    if spec.model_dir is None or executors_share_files(spark):
         return spec
+    connect = is_connect(spark)
     folder = Path(spec.model_dir)
-    name = f"dlspark-model-{_folder_digest(folder)}"
-    shipped = {Path(p).name for p in spark.sparkContext.listArchives} if hasattr(spark.sparkContext, "listArchives") else set()
-    if f"{name}.zip" not in shipped:
+    name = f"dlspark-model-{_folder_digest(folder)}.zip"
+    key = (id(spark), name)
+    if key not in _SHIPPED:
         staging = Path(tempfile.mkdtemp(prefix="dlspark-ship-"))
-        archive = shutil.make_archive(str(staging / name), "zip", root_dir=folder)
-        spark.sparkContext.addArchive(archive)
-        log.info("shipped model %s to executors as %s", spec.cache_key, Path(archive).name)
-    return replace(spec, archive=f"{name}.zip", model_dir=None)  # executors read the shipped copy only
+        archive = shutil.make_archive(str(staging / name[:-4]), "zip", root_dir=folder)
+        if connect:
+            spark.addArtifacts(archive, archive=True)  # uploaded now: the staged copy can go
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            spark.sparkContext.addArchive(archive)  # executors fetch it from the driver later: keep it
+        _SHIPPED.add(key)
+        log.info("shipped model %s to executors as %s", spec.cache_key, name)
+    return replace(spec, archive=name, model_dir=None)  # executors read the shipped copy only
 
 
 def score_dataframe(df: DataFrame, spec: ScoringSpec, *, profile: ResourceProfile | None = None) -> DataFrame:

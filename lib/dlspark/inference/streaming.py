@@ -23,13 +23,14 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from dlspark.config import ConfigError
+from dlspark.spark.connect import data_source_available, scala_binary_version
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 CORRUPT = "_corrupt_record"
 KAFKA_PROVIDER = "org.apache.spark.sql.kafka010.KafkaSourceProvider"
-KAFKA_PACKAGE = "org.apache.spark:spark-sql-kafka-0-10_2.12:{version}"
+KAFKA_PACKAGE = "org.apache.spark:spark-sql-kafka-0-10_{scala}:{version}"
 QUARANTINE_COLUMNS = ("raw", "reason", "arrival_time", "source")
 _BLANK = r"^\s*$"
 
@@ -68,13 +69,16 @@ def read_kafka_source(spark: SparkSession, servers: str, topic: str) -> DataFram
 
 def require_kafka(spark: SparkSession) -> None:
     """Raise :class:`ConfigError` naming the package to add when the Kafka connector is not on the classpath."""
-    try:
-        spark._jvm.java.lang.Class.forName(KAFKA_PROVIDER)  # type: ignore[union-attr]
-    except Exception as exc:  # noqa: BLE001 - py4j wraps ClassNotFoundException in its own error type
-        package = KAFKA_PACKAGE.format(version=spark.version)
+    if not data_source_available(spark, "kafka"):
+        package = kafka_package(spark.version, scala_binary_version(spark))
         raise ConfigError(f"stream.source is kafka but the Kafka connector ({KAFKA_PROVIDER}) is not on the classpath: "
                           f"add --packages {package} to spark-submit (or spark.conf spark.jars.packages), "
-                          "or set stream.source: files") from exc
+                          "or set stream.source: files")
+
+
+def kafka_package(spark_version: str, scala: str) -> str:
+    """Maven coordinates of the Kafka connector built for this Spark and Scala version (pure)."""
+    return KAFKA_PACKAGE.format(scala=scala, version=spark_version)
 
 
 def parse_messages(raw: DataFrame, fields: MessageFields) -> DataFrame:
@@ -82,7 +86,7 @@ def parse_messages(raw: DataFrame, fields: MessageFields) -> DataFrame:
     msg = F.from_json("raw", fields.schema(), {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}).alias("m")
     parsed = raw.select("*", msg)
     time_text = F.col(f"m.{fields.time}")
-    event_time = F.to_timestamp(time_text)
+    event_time = F.try_to_timestamp(time_text)  # null, not CAST_INVALID_INPUT, under ANSI mode
     return parsed.select(
         *raw.columns,
         F.col(f"m.{fields.id}").alias("id"), F.col(f"m.{fields.text}").alias("text"), F.col(f"m.{fields.label}").alias("label"),

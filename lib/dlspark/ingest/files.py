@@ -22,7 +22,7 @@ from pyspark.sql import types as T
 from dlspark.filesystem import list_directories
 from dlspark.runlog import StageTimings, log_progress
 from dlspark.spark.session import session_conf
-from dlspark.tables import write_table
+from dlspark.tables import table_exists, write_table
 from dlspark.tables.staged import parquet_file
 
 if TYPE_CHECKING:
@@ -119,13 +119,12 @@ def _expand_braces(glob: str) -> list[str]:
 
 
 def read_ledger(spark: "SparkSession", sidecar: Sidecar) -> "DataFrame | None":
-    """The ledger of files processed by earlier runs, or ``None`` before the first run."""
-    try:
-        return spark.read.schema(LEDGER_SCHEMA).parquet(sidecar.ledger)
-    except Exception as exc:  # noqa: BLE001
-        if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
-            return None
-        raise
+    """The ledger of files processed by earlier runs, or ``None`` before the first run.
+
+    Asked of the filesystem first: over Spark Connect a read of a missing path fails only at the first action."""
+    if not table_exists(sidecar.ledger, fmt="parquet"):
+        return None
+    return spark.read.schema(LEDGER_SCHEMA).parquet(sidecar.ledger)
 
 
 def unprocessed_files(listing: "DataFrame", ledger: "DataFrame | None") -> "DataFrame":

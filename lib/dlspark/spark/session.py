@@ -7,7 +7,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Iterator
 
-from dlspark.config import SparkConfig
+from dlspark.config import ConfigError, SparkConfig
+from dlspark.spark.connect import data_source_available, set_log_level, spark_master
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -57,13 +58,29 @@ def executor_python(cfg: SparkConfig) -> str:
     return cfg.python or os.environ.get("PYSPARK_PYTHON") or sys.executable
 
 
+def connect_conf_pairs(cfg: SparkConfig) -> dict[str, str]:
+    """The settings a session over Spark Connect is built with (pure).
+
+    An in-process server (``remote: local[N]``) starts with all of them. A remote server was started with its
+    own master, memory and UI settings, so only session (``spark.sql.*``) settings and ``spark.conf`` are sent.
+    """
+    pairs = spark_conf_pairs(cfg)
+    if cfg.remote and cfg.remote.startswith("local"):
+        pairs.pop("spark.master")
+        return pairs
+    return {k: v for k, v in pairs.items() if k.startswith("spark.sql.") or k in cfg.conf}
+
+
 def build_spark_session(cfg: SparkConfig) -> "SparkSession":
-    """Create (or reuse) the SparkSession described by ``cfg``.
+    """Create (or reuse) the SparkSession described by ``cfg``: classic, or Spark Connect when ``spark.remote`` is set.
 
     Sets ``PYSPARK_PYTHON`` so executors use the project's interpreter, enables Arrow, and adds the
     Delta extensions when delta-spark's classes are on the classpath (checked after start-up).
     """
     from pyspark.sql import SparkSession
+
+    if cfg.remote:
+        return _build_connect_session(cfg)
 
     os.environ["PYSPARK_PYTHON"] = executor_python(cfg)
     if cfg.deploy_mode == "client":
@@ -76,8 +93,26 @@ def build_spark_session(cfg: SparkConfig) -> "SparkSession":
         builder = builder.config("spark.sql.extensions", DELTA_EXTENSION)
         builder = builder.config("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    set_log_level(spark, "WARN")
     log.info("spark session: master=%s app=%s version=%s", cfg.master, cfg.app_name, spark.version)
+    return spark
+
+
+def _build_connect_session(cfg: SparkConfig) -> "SparkSession":
+    from pyspark.sql import SparkSession
+
+    try:
+        import pyspark.sql.connect.session  # noqa: F401 - needs pyspark >= 3.4 with grpcio (the connect extra)
+    except ImportError as exc:
+        raise ConfigError(f"spark.remote is {cfg.remote!r} but the Spark Connect client cannot be imported ({exc}): "
+                          "pip install 'pyspark[connect]>=4' (make setup STACK=modern), or set spark.remote: null") from exc
+    os.environ["PYSPARK_PYTHON"] = executor_python(cfg)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    builder = SparkSession.builder.remote(cfg.remote)
+    for key, value in connect_conf_pairs(cfg).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    log.info("spark connect session: remote=%s master=%s version=%s", cfg.remote, spark_master(spark), spark.version)
     return spark
 
 
@@ -98,12 +133,8 @@ def session_conf(spark: "SparkSession", values: dict[str, str]) -> "Iterator[Non
 
 
 def delta_spark_available(spark: "SparkSession") -> bool:
-    """True when delta-spark's classes load in this JVM (the native Delta writer can be used)."""
-    try:
-        spark._jvm.java.lang.Class.forName(DELTA_CATALOG)  # type: ignore[union-attr]
-        return True
-    except Exception:  # noqa: BLE001 - py4j raises its own error types; any failure means "no"
-        return False
+    """True when the driver has delta-spark's data source (the native Delta writer can be used)."""
+    return data_source_available(spark, "delta")
 
 
 def _delta_jars_listed(cfg: SparkConfig) -> bool:

@@ -58,7 +58,7 @@ def write(df: "DataFrame", uri: str, mode: str, partition_by: list[str]) -> Writ
     try:
         # Spark's default INT96 timestamps are not what Delta readers expect: write INT64 microseconds (UTC).
         with session_conf(df.sparkSession, {TIMESTAMP_CONF: "TIMESTAMP_MICROS"}):
-            df.write.mode("errorifexists").partitionBy(*partition_by).parquet(f"{uri}/{staging}")
+            df.write.mode("error").partitionBy(*partition_by).parquet(f"{uri}/{staging}")
         actions = delta_log.publish_staged(fs, root, f"{root}/{staging}", schema, partition_by, moved)
     except BaseException:
         remove_paths(fs, moved)

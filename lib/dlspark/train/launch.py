@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from dlspark.config import TrainConfig
 from dlspark.train.job import TrainJob, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,16 @@ _TAIL = 6000
 
 class TrainingFailed(RuntimeError):
     """A training process failed; the message ends with the tail of the workers' output."""
+
+
+def require_supported_session(spark: Any, config: TrainConfig) -> None:
+    """Fail before any work when ``config`` needs what a Spark Connect session lacks, naming the alternative."""
+    from dlspark.spark.connect import require_classic
+
+    if config.backend == "horovod":
+        require_classic(spark, "train.backend=horovod (horovod.spark.run)", "train.backend=torch_distributor")
+    if config.feed.feeder == "petastorm":
+        require_classic(spark, "train.feed.feeder=petastorm (petastorm's make_spark_converter)", "train.feed.feeder=arrow")
 
 
 def run_training(job: TrainJob, backend: str | None = None, *, spark: Any = None) -> TrainResult:
@@ -97,7 +108,9 @@ def _run_horovod(worker: Callable, job: TrainJob, num_proc: int) -> Any:
 def _run_distributor(worker: Callable, job: TrainJob, num_proc: int, spark: Any) -> Any:
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    local_mode = spark.sparkContext.master.startswith("local")
+    from dlspark.spark.connect import spark_master
+
+    local_mode = spark_master(spark).startswith("local")
     use_gpu = job.config.device == "cuda" or (job.config.device == "auto" and torch.cuda.is_available())
     distributor = TorchDistributor(num_processes=num_proc, local_mode=local_mode, use_gpu=use_gpu)
     out = _Tee(sys.stdout)  # TorchDistributor echoes the torchrun output to sys.stdout; keep its tail

@@ -1,0 +1,31 @@
+"""Skip marks for what only one stack has: petastorm (classic), horovod, TensorFlow, a classic SparkSession."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+_WHERE = {
+    "petastorm": "the classic stack only (make setup): petastorm has no release for pyarrow >= 15",
+    "horovod": "built by make setup (SKIP_HOROVOD unset)",
+    "tensorflow": "both stacks install tensorflow-cpu",
+}
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def needs(module: str) -> pytest.MarkDecorator:
+    """Skip (with the reason and where the package comes from) when ``module`` is not importable."""
+    return pytest.mark.skipif(not installed(module), reason=f"{module} is not installed; it comes with {_WHERE.get(module, 'its extra')}")
+
+
+def no_cached_frames(spark) -> bool:
+    """True when the session holds no persisted DataFrame. Classic sessions only: Spark Connect has no API that
+    lists them, so over Connect this checks nothing and says so by skipping the rest of the test."""
+    from dlspark.spark.connect import is_connect
+
+    if is_connect(spark):
+        pytest.skip("Spark Connect cannot list persisted DataFrames; the release of cached frames is checked on classic")
+    return spark._jsparkSession.sharedState().cacheManager().isEmpty()
