@@ -23,8 +23,8 @@ from dlspark.ingest.files import Sidecar, find_new_files, released_on_error
 from dlspark.ingest.reading import CHANGED
 from dlspark.ingest.text_inputs import ReadableInputs, plan_inputs
 from dlspark.paths import resolve_path
-from dlspark.spark.connect import default_parallelism, is_connect
 from dlspark.runlog import StageTimings
+from dlspark.spark.connect import default_parallelism, is_connect
 from dlspark.tables.staged import stage_batches, staged_outcome_ddl
 from dlspark.text.batches import OUTCOME_DDL, TABLE_SCHEMA, TextBatchJob, TokenizeSpec, tokenize_table_batch
 from dlspark.text.normalize import NormalizeSpec

@@ -29,3 +29,20 @@ def no_cached_frames(spark) -> bool:
     if is_connect(spark):
         pytest.skip("Spark Connect cannot list persisted DataFrames; the release of cached frames is checked on classic")
     return spark._jsparkSession.sharedState().cacheManager().isEmpty()
+
+
+_CONNECT_STATE = ("SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE", "SPARK_REMOTE", "SPARK_CONNECT_AUTHENTICATE_TOKEN")
+
+
+def child_connect(env: dict[str, str]) -> list[str]:
+    """For a job or kernel started by a test: under ``DLSPARK_TEST_REMOTE`` the child is a Spark Connect client too,
+    of an in-process server of its own that dies with it. Edits ``env`` in place; returns the ``--set`` values."""
+    import os
+
+    remote = os.environ.get("DLSPARK_TEST_REMOTE")
+    if not remote:
+        return []
+    for inherited in _CONNECT_STATE:  # this process's server state, which would make the child reuse it
+        env.pop(inherited, None)
+    env["SPARK_TESTING"] = "1"  # pyspark's switch for an in-process server on a free port (this process may hold 15002)
+    return [f"spark.remote={remote}"]

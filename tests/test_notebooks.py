@@ -2,6 +2,7 @@
 Jupyter kernel (via :func:`dlspark.notebook.to_notebook` + nbclient) on tiny generated landing data."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ import pytest
 from dlspark.config import ConfigError
 from dlspark.notebook import convert, flag, get_spark, integer, notebook_config, overrides, split_cells, to_notebook, widget
 from tests.conftest import REPO
+from tests.stacks import child_connect
 
 NOTEBOOKS = ("01_ingest", "02_train_and_track", "03_batch_and_streaming_inference", "04_export_serve_monitor")
 SOURCE = """# Databricks notebook source
@@ -145,6 +147,7 @@ def _line(text: str, prefix: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.connect
 def test_notebooks_run_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
@@ -152,10 +155,17 @@ def test_notebooks_run_end_to_end_on_tiny_data(tmp_path, monkeypatch):
 
     data = tmp_path / "data"
     landing = write_landing(data, n_per_class=20, n_texts=100)
+    env = dict(os.environ)
+    connect_sets = child_connect(env)  # over Spark Connect when DLSPARK_TEST_REMOTE is set
+    for name in set(os.environ) - set(env):
+        monkeypatch.delenv(name)
+    for name in set(env) - set(os.environ):
+        monkeypatch.setenv(name, env[name])
+    sets = ["spark.master=local[2]", "spark.driver_memory=1g", "spark.shuffle_partitions=2", "spark.ui_enabled=false",
+            "train.lr=0.01", "train.warmup_epochs=0", "train.feed.batch_size=16", "train.sentiment.finetune_epochs=0",
+            "monitor.min_rows=5", *connect_sets]
     for key, value in {"DATA_DIR": str(data), "EPOCHS": "3", "TRAIN_SENTIMENT": "true", "REPLAY_SOURCE": "synthetic",
-                       "REPLAY_MESSAGES": "40", "SET": "spark.master=local[2]; spark.driver_memory=1g; "
-                       "spark.shuffle_partitions=2; spark.ui_enabled=false; train.lr=0.01; train.warmup_epochs=0; "
-                       "train.feed.batch_size=16; train.sentiment.finetune_epochs=0; monitor.min_rows=5"}.items():
+                       "REPLAY_MESSAGES": "40", "SET": "; ".join(sets)}.items():
         monkeypatch.setenv(f"DLSPARK_NB_{key}", value)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 

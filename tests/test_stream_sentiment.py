@@ -17,6 +17,7 @@ import pytest
 from dlspark.config import ConfigError, load_config
 from dlspark.datasets.replay import MALFORMED, ReplaySpec, message, replay, synthetic_messages
 from tests.conftest import REPO
+from tests.stacks import child_connect
 
 pytestmark = pytest.mark.connect  # also run over Spark Connect (make test-connect)
 
@@ -138,12 +139,7 @@ def _job(data_dir: Path, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "jobs/stream_sentiment.py", "--pipeline", "sentiment", "--until-idle", "4"]
     cmd += [x for s in sets for x in ("--set", s)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYSPARK_PYTHON": sys.executable}
-    remote = os.environ.get("DLSPARK_TEST_REMOTE")
-    if remote:  # the job is a Spark Connect client too, of a server of its own that dies with it
-        cmd += ["--set", f"spark.remote={remote}"]
-        for inherited in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE", "SPARK_REMOTE", "SPARK_CONNECT_AUTHENTICATE_TOKEN"):
-            env.pop(inherited, None)
-        env["SPARK_TESTING"] = "1"  # pyspark's switch for an in-process server on a free port (this one holds 15002)
+    cmd += [x for s in child_connect(env) for x in ("--set", s)]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 

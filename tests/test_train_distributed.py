@@ -17,7 +17,8 @@ def table(tmp_path_factory):
     return write_image_table(tmp_path_factory.mktemp("dist_images"), {"train": 256, "val": 64, "test": 64})
 
 
-@pytest.mark.parametrize("backend", [pytest.param("horovod", marks=needs("horovod")), "torch_distributor"])
+@pytest.mark.parametrize("backend", [pytest.param("horovod", marks=needs("horovod")),
+                                     pytest.param("torch_distributor", marks=pytest.mark.connect)])
 def test_two_process_backend_trains_and_splits_the_data(spark, table, tmp_path, backend):
     job = image_job(table, tmp_path, run_name=backend, epochs=1, num_workers=2)
     result = run_training(job, backend, spark=spark)
@@ -29,7 +30,8 @@ def test_two_process_backend_trains_and_splits_the_data(spark, table, tmp_path, 
     assert (tmp_path / backend / "best.pt").is_file()
 
 
-@pytest.mark.parametrize("backend", [pytest.param("horovod", marks=needs("horovod")), "torch_distributor"])
+@pytest.mark.parametrize("backend", [pytest.param("horovod", marks=needs("horovod")),
+                                     pytest.param("torch_distributor", marks=pytest.mark.connect)])
 def test_worker_failure_carries_the_worker_error(spark, table, tmp_path, backend):
     job = image_job(table, tmp_path, run_name="bad", epochs=1, num_workers=2)
     job = replace(job, model={"name": "cnn", "in_channels": 1, "num_classes": 2, "no_such_field": 1})

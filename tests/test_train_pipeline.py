@@ -106,3 +106,19 @@ def test_text_models_record_how_raw_text_becomes_ids():
     assert spec["max_length"] == 32 and spec["text"]["tokenizer"] == "minilm"
     assert spec["text"]["normalize"] == {"lowercase": True, "mask_urls": True, "mask_mentions": True, "url_token": "http",
                                          "mention_token": "@user"}
+
+
+@pytest.mark.connect
+@pytest.mark.parametrize(("sets", "alternative"), [
+    (["train.backend=horovod"], "train.backend=torch_distributor"),
+    (["train.feed.feeder=petastorm"], "train.feed.feeder=arrow"),
+])
+def test_what_spark_connect_cannot_run_fails_at_start_naming_the_alternative(spark, tmp_path, monkeypatch, sets, alternative):
+    from dlspark.config import ConfigError
+    from dlspark.spark import connect
+
+    if not connect.is_connect(spark):  # on the classic stack, the same check as a Connect session would see it
+        monkeypatch.setattr(connect, "is_connect", lambda session: True)
+    cfg = load_config(pipeline="image_classification", overrides=[f"paths.data_dir={tmp_path}", *sets])
+    with pytest.raises(ConfigError, match=rf"Spark Connect does not have: use {alternative}"):
+        train_model(spark, cfg, "run-1")  # before any table is read: tmp_path holds none

@@ -108,10 +108,12 @@ def get_spark(cfg: AppConfig) -> "SparkSession":
     """The active SparkSession (Databricks' ``spark``), else one built from ``cfg.spark`` as the jobs build it."""
     from pyspark.sql import SparkSession
 
+    from dlspark.spark.connect import is_connect, spark_master
+
     active = SparkSession.getActiveSession()
     if active is not None:
-        log.warning("using the active SparkSession (%s); the config's spark.* settings are not applied",
-                 active.sparkContext.master)
+        log.warning("using the active SparkSession (%s%s); the config's spark.* settings are not applied",
+                    "Spark Connect, " if is_connect(active) else "", spark_master(active))
         return active
     from dlspark.spark.session import build_spark_session
 

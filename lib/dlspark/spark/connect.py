@@ -16,7 +16,6 @@ from dlspark.config import ConfigError
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-_LOCAL_MASTER = re.compile(r"local(?:-cluster)?\[(\d+|\*)")
 _MISSING_SOURCE = ("DATA_SOURCE_NOT_FOUND", "Failed to find data source", "ClassNotFoundException")
 
 
@@ -57,23 +56,21 @@ def executors_share_files(spark: "SparkSession") -> bool:
 
 
 def default_parallelism(spark: "SparkSession") -> int:
-    """Task slots of the application: ``sc.defaultParallelism``, or under Connect what a range with no
-    partition count is split into (Spark sizes it by the same default)."""
+    """Task slots of the application: ``sc.defaultParallelism``; under Connect ``spark.default.parallelism`` when
+    set, else :func:`measured_parallelism`."""
     if not is_connect(spark):
         return spark.sparkContext.defaultParallelism
+    conf = spark.conf.get("spark.default.parallelism", None)
+    return int(conf) if conf else measured_parallelism(spark)
+
+
+def measured_parallelism(spark: "SparkSession") -> int:
+    """The partitions a range with no partition count is split into: Spark sizes it by the default parallelism.
+    One small job; it works on every kind of session."""
     from pyspark.sql import functions as F
 
-    conf = spark.conf.get("spark.default.parallelism", None)
-    if conf:
-        return int(conf)
-    row = spark.range(0, 1 << 16).select(F.max(F.spark_partition_id()).alias("p")).first()
+    row = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("p")).agg(F.max("p").alias("p")).first()
     return int(row["p"]) + 1 if row is not None and row["p"] is not None else 1
-
-
-def local_cores(master: str) -> int | None:
-    """N of ``local[N]`` (None for ``local[*]`` and cluster masters); pure."""
-    match = _LOCAL_MASTER.match(master)
-    return int(match.group(1)) if match and match.group(1) != "*" else None
 
 
 def data_source_available(spark: "SparkSession", fmt: str) -> bool:
