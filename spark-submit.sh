@@ -23,12 +23,14 @@
 #   ./spark-submit.sh --archives env.tar.gz#environment jobs/ingest_text.py --profile yarn
 #   ./spark-submit.sh --archives env.tar.gz#environment jobs/ingest_text.py --profile yarn --set spark.deploy_mode=cluster
 #
-# Environment: SPARK_HOME (default: the pip pyspark package), DLSPARK_PYTHON (default <repo>/.venv/bin/python),
+# Environment: SPARK_HOME (default: the pip pyspark package), DLSPARK_PYTHON (default <repo>/.venv/bin/python,
+# <repo>/.venv-modern/bin/python with STACK=modern),
 # DLSPARK_SUBMIT_DRY_RUN=1 (print the spark-submit command and the exported variables instead of running it).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PY=${DLSPARK_PYTHON:-$REPO/.venv/bin/python}
+case "${STACK:-classic}" in modern) VENV=.venv-modern ;; *) VENV=.venv ;; esac  # make ... STACK=modern
+PY=${DLSPARK_PYTHON:-$REPO/$VENV/bin/python}
 BUILD=$REPO/build/spark-submit
 
 say() { printf '[spark-submit.sh] %s\n' "$*" >&2; }

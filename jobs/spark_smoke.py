@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from dlspark.cli import EXIT_FAILED, EXIT_OK, config_from_args, job_parser, run_job
+from dlspark.spark.connect import require_classic
 from dlspark.spark.session import build_spark_session
 
 TASK_SCHEMA = "pid long, python string, host string, dlspark string, rows long"
@@ -30,7 +31,12 @@ def where_am_i(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
 
 
 def wait_for_executors(spark, count: int, timeout_s: float = 90.0) -> int:
-    """Wait until ``count`` executors registered (the driver is listed too); return how many did."""
+    """Wait until ``count`` executors registered (the driver is listed too); return how many did.
+
+    Only the JVM's status tracker lists executors (pyspark's StatusTracker does not): classic sessions only."""
+    if count <= 0:
+        return 0
+    require_classic(spark, "--min-executors (the JVM's executor list)", "--min-executors 0")
     deadline = time.monotonic() + timeout_s
     while (seen := len(spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos()) - 1) < count and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -40,6 +40,7 @@ from dlspark.inference.streaming import (
     window_aggregates,
 )
 from dlspark.paths import resolve_path
+from dlspark.spark.connect import executors_share_files, is_connect
 from dlspark.tracking import resolve_tracking
 from pipelines.batch_inference import (
     expected_labels,
@@ -119,6 +120,7 @@ class StreamReport:
 def stream_sentiment(spark: SparkSession, cfg: AppConfig, run_id: str, mode: RunMode = RunMode()) -> StreamReport:
     """Start the three queries and run them as ``mode`` says; returns the run's :class:`StreamReport`."""
     check_stream_config(cfg)
+    check_stream_session(spark)
     if cfg.stream.source == "kafka":
         require_kafka(spark)                    # before the model download: fail fast
     bundle = load_model(resolve_tracking(cfg.mlflow, cfg.paths.data_dir), requested_model(cfg))
@@ -136,6 +138,15 @@ def stream_sentiment(spark: SparkSession, cfg: AppConfig, run_id: str, mode: Run
     aggregates = partial(start_aggregates, spark, cfg, paths, scored.schema, positive_index(cfg, bundle), trigger)
     tracker = run_queries(sinks, aggregates, mode)
     return build_report(spark, cfg, paths, bundle, tracker)
+
+
+def check_stream_session(spark: SparkSession) -> None:
+    """Over a remote Spark Connect server the model cannot reach the stream's tasks: on Spark 4.3 they do not see
+    the session's ``addArtifacts`` files (batch tasks do). Say so at start, with what works instead."""
+    if is_connect(spark) and not executors_share_files(spark):
+        raise ConfigError("stream_sentiment over a remote Spark Connect server cannot ship the model: Spark's streaming "
+                          "tasks do not see files added with addArtifacts. Run the stream with spark-submit (a classic "
+                          "session), or over Connect with a server in this process (spark.remote: local[*])")
 
 
 def check_stream_config(cfg: AppConfig) -> None:

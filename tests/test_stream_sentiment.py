@@ -111,6 +111,16 @@ def test_kafka_source_without_connector_says_what_to_add(spark):
         read_kafka_source(spark, "localhost:9092", "tweets")
 
 
+def test_a_remote_connect_server_is_refused_at_start_with_what_works(spark, monkeypatch):
+    from pipelines import stream_sentiment as job
+
+    job.check_stream_session(spark)  # the test session (classic, or Connect in this process) can stream
+    monkeypatch.setattr(job, "is_connect", lambda session: True)
+    monkeypatch.setattr(job, "executors_share_files", lambda session: False)
+    with pytest.raises(ConfigError, match="Run the stream with spark-submit"):
+        job.check_stream_session(spark)
+
+
 def test_delta_format_is_rejected_with_the_fix():
     from pipelines.stream_sentiment import RunMode, check_stream_config
 

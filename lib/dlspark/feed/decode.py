@@ -4,7 +4,7 @@ Pure code (pyarrow + numpy). Every function works on whole columns or batches: n
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -48,7 +48,7 @@ def targets(table: pa.Table, spec: FeedSpec) -> tuple[np.ndarray, np.ndarray | N
     return map_labels(table.column("label"), spec.label_map)
 
 
-def map_labels(labels: pa.ChunkedArray | pa.Array, label_map: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+def map_labels(labels: pa.ChunkedArray | pa.Array, label_map: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
     """``(label_map[label] or -1, known mask)`` for a string column."""
     keys = list(label_map)
     index = pc.index_in(labels, value_set=pa.array(keys, pa.string()))

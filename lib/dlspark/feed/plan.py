@@ -52,7 +52,7 @@ def make_units(row_groups: Sequence[tuple[int, int, int]], world_size: int) -> l
     """Units from ``(file, row_group, num_rows)`` triples: whole row groups, or row ranges when too few."""
     groups = [g for g in row_groups if g[2] > 0]
     pieces = 1 if len(groups) >= 2 * world_size else math.ceil(8 * world_size / max(len(groups), 1))
-    units = []
+    units: list[Unit] = []
     for file, rg, rows in groups:
         bounds = np.linspace(0, rows, min(pieces, rows) + 1).round().astype(int)
         units.extend(Unit(file, rg, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from dlspark.inference.model import ModelBundle
 from dlspark.inference.scoring import PREDICTION_DDL, ScoringSpec, score_batches
@@ -76,7 +76,7 @@ def score_dataframe(df: DataFrame, spec: ScoringSpec, *, profile: ResourceProfil
     schema = ", ".join([f"`{f.name}` {f.dataType.simpleString()}" for f in df.select(*spec.passthrough).schema.fields]
                        + [PREDICTION_DDL])
     wanted = list(dict.fromkeys([*spec.passthrough, *inputs]))
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if profile is not None:
         if "profile" in inspect.signature(df.mapInArrow).parameters:
             kwargs["profile"] = profile

@@ -38,8 +38,8 @@ def require_classic(spark: "SparkSession", feature: str, alternative: str) -> No
 def spark_master(spark: "SparkSession") -> str:
     """The master URL the session's driver runs with (asked through the runtime conf under Connect)."""
     if is_connect(spark):
-        return spark.conf.get("spark.master", "") or ""
-    return spark.sparkContext.master
+        return str(spark.conf.get("spark.master", "") or "")
+    return str(spark.sparkContext.master)
 
 
 def runs_in_process(spark: "SparkSession") -> bool:

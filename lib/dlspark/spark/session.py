@@ -108,7 +108,7 @@ def _build_connect_session(cfg: SparkConfig) -> "SparkSession":
                           "pip install 'pyspark[connect]>=4' (make setup STACK=modern), or set spark.remote: null") from exc
     os.environ["PYSPARK_PYTHON"] = executor_python(cfg)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    builder = SparkSession.builder.remote(cfg.remote)
+    builder = SparkSession.builder.remote(str(cfg.remote))
     for key, value in connect_conf_pairs(cfg).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -119,17 +119,17 @@ def _build_connect_session(cfg: SparkConfig) -> "SparkSession":
 @contextlib.contextmanager
 def session_conf(spark: "SparkSession", values: dict[str, str]) -> "Iterator[None]":
     """Set session confs for the duration of the block (session-wide: other threads see them too)."""
-    old = {key: spark.conf.get(key, None) for key in values}
+    old: dict[str, str | None] = {key: spark.conf.get(key, None) for key in values}
     for key, value in values.items():
         spark.conf.set(key, value)
     try:
         yield
     finally:
-        for key, value in old.items():
-            if value is None:
+        for key, previous in old.items():
+            if previous is None:
                 spark.conf.unset(key)
             else:
-                spark.conf.set(key, value)
+                spark.conf.set(key, previous)
 
 
 def delta_spark_available(spark: "SparkSession") -> bool:

@@ -99,8 +99,9 @@ def start_run(
     """
     import mlflow
 
-    if _sqlite_folder(target.tracking_uri):
-        _sqlite_folder(target.tracking_uri).mkdir(parents=True, exist_ok=True)
+    folder = _sqlite_folder(target.tracking_uri)
+    if folder:
+        folder.mkdir(parents=True, exist_ok=True)
     experiment_id = ensure_experiment(target, experiment)
     with using_target(target), mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
                                                 run_name=None if run_id else run_name, tags=dict(tags or {})) as run:

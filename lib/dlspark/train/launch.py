@@ -56,7 +56,7 @@ def run_training(job: TrainJob, backend: str | None = None, *, spark: Any = None
     backend = backend or job.config.backend
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is unknown; use one of {list(BACKENDS)}")
-    job = replace(job, config=replace(job.config, backend=backend))
+    job = replace(job, config=replace(job.config, backend=backend))  # type: ignore[arg-type]  # checked against BACKENDS
     worker = _worker_fn(job)
     if backend == "local":
         return worker(job)
