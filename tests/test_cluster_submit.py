@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,8 @@ from dlspark.spark.standalone import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-VENV_PYTHON = str(REPO / ".venv" / "bin" / "python")
+STACK = "modern" if Path(sys.prefix).name == ".venv-modern" else "classic"  # the stack this test runs on
+VENV_PYTHON = str(REPO / (".venv-modern" if STACK == "modern" else ".venv") / "bin" / "python")
 SUBMIT_TIMEOUT_S = 300
 
 
@@ -58,8 +60,9 @@ def submit(
     submit_opts: tuple[str, ...] = (), dry_run: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run ``./spark-submit.sh [SUBMIT_OPTS] JOB [--profile standalone --set spark.master=URL] ARGS`` from the
-    repo root, with the script's default interpreters (the venv's)."""
+    repo root, with the script's default interpreters: the venv of the stack this test runs on."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
+    env["STACK"] = STACK
     if dry_run:
         env["DLSPARK_SUBMIT_DRY_RUN"] = "1"
     master = ["--profile", "standalone", "--set", f"spark.master={master_url}"] if master_url else []
@@ -142,7 +145,7 @@ def test_bad_config_exits_2_before_spark_starts(tmp_path):
     proc = submit("jobs/spark_smoke.py", "--profile", "prod", "--out", str(tmp_path / "x.json"), timeout_s=60)
     assert proc.returncode == 2, output_tail(proc)
     assert "profile 'prod': no such file" in proc.stderr
-    assert "available: k8s, local, standalone, yarn" in proc.stderr
+    assert "available: connect, k8s, local, standalone, yarn" in proc.stderr
 
 
 def test_missing_job_file_exits_2():

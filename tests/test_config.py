@@ -167,7 +167,7 @@ def test_missing_profile_lists_available_ones():
     with pytest.raises(ConfigError) as err:
         load_config(profile="prod", conf_dir=REPO / "conf")
     assert "profile 'prod': no such file" in str(err.value)
-    assert "available: k8s, local, standalone, yarn" in str(err.value)
+    assert "available: connect, k8s, local, standalone, yarn" in str(err.value)
 
 
 def test_missing_pipeline_and_conf_file_are_named(tmp_path):

@@ -17,7 +17,7 @@ from dlspark.config.schema import AppConfig
 from dlspark.config.typed import ConfigError, build, to_dict
 
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
-PROFILES = ("local", "standalone", "yarn", "k8s")
+PROFILES = ("local", "standalone", "yarn", "k8s", "connect")
 PASSTHROUGH_MAPS = ("spark.conf",)  # mappings keyed by dotted Spark property names
 
 
