@@ -90,3 +90,25 @@ def test_petastorm_batches_through_torch_and_tf(spark, table: Path, tmp_path: Pa
     xs = [(x.shape, y.dtype) for x, y in tf_dataset(spec, rank=0, world_size=2)]
     assert xs[0] == ((6, 3, 4, 1), tf.int64) and len(xs) == 4
 
+
+
+def test_a_class_sorted_split_is_materialised_with_the_classes_mixed(spark, tmp_path: Path) -> None:
+    """Ingest stores a split class folder after class folder, in as many files as tasks; petastorm only shuffles a
+    window of rows, so the converter's files must already mix the classes (the demo's horovod + petastorm run
+    reached 0.58 validation accuracy at 0.90 training accuracy without it)."""
+    from pyspark.sql import functions as F
+
+    cls = ((F.col("id") / 100).cast("int") % 2).cast("int")   # runs of 100 rows of one class
+    df = spark.range(0, 400, 1, numPartitions=2).select(     # 2 partitions, each 100 c0 then 100 c1
+        F.concat(F.lit("c"), cls.cast("string")).alias("label"), cls.alias("label_index"),
+        F.unhex(F.lpad(F.hex("id"), 24, "0")).alias("pixels"), F.array(*[F.lit(d) for d in SHAPE]).cast("array<int>").alias("shape"))
+
+    def files() -> tuple[str, ...]:
+        return petastorm_spec(spark, df, FeedConfig(feeder="petastorm", batch_size=8), kind="image", split="train",
+                              cache_dir=str(tmp_path / "cache"), image_shape=SHAPE, min_row_groups=2, seed=7).files
+
+    first = files()
+    for file in first:
+        labels = pq.read_table(file.removeprefix("file://"), columns=["label_index"]).column("label_index").to_pylist()
+        assert 5 < sum(labels[:40]) < 35, f"{file}: its first 40 rows are not mixed: {labels[:40]}"
+    assert files() == first  # seeded: the same split is the same cached files

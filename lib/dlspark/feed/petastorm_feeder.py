@@ -59,10 +59,12 @@ def petastorm_spec(spark: SparkSession, df: DataFrame, feed_cfg: FeedConfig, *, 
     df = df.select(*columns_for(kind, bool(label_map)))
     if label_map:
         df = df.filter(F.col("label").isin(list(label_map)))
+    # A split is stored in ingest order, class folder after class folder, and petastorm's reader only shuffles
+    # row groups and a window of rows: deal the rows round robin over the partitions and shuffle each, so that
+    # every row group mixes the classes (seeded: the same split gives the same files).
+    df = df.repartition(max(min_row_groups, df.rdd.getNumPartitions())).sortWithinPartitions(F.rand(seed))
     if limit_rows is not None:
         df = df.limit(limit_rows)
-    if df.rdd.getNumPartitions() < min_row_groups:
-        df = df.repartition(min_row_groups)
     converter = make_spark_converter(df, parquet_row_group_size_bytes=row_group_bytes)
     log.info("petastorm converter for split %s: %d rows in %d files under %s", split, len(converter),
              len(converter.file_urls), converter.cache_dir_url)
