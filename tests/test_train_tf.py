@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.stacks import needs
+
 tf = pytest.importorskip("tensorflow")
 
 from dlspark.config import FeedConfig, MlflowConfig, TrainConfig  # noqa: E402
@@ -148,6 +150,7 @@ def test_keras_model_logs_to_mlflow_as_a_saved_model(local_run, tmp_path):
 
 
 @pytest.mark.slow
+@needs("horovod")
 def test_horovod_two_processes_train_tf(spark, image_table, tmp_path):
     job = tf_job(image_table, tmp_path, run_name="hvd", epochs=1, num_workers=2)
     result = run_training(job, "horovod", spark=spark)
