@@ -87,3 +87,70 @@ def test_connect_settings_for_an_in_process_and_a_remote_server():
     assert not any(k.startswith(("spark.driver.", "spark.executor.", "spark.ui.")) for k in remote)
     with pytest.raises(ConfigError, match="not a Spark Connect address"):
         SparkConfig(remote="http://host:15002")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, server, timeout_s: float = 120.0) -> None:  # noqa: ANN001 - a Popen
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "the Connect server exited"
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"no Connect server on port {port} after {timeout_s} s")
+
+
+@pytest.mark.slow
+def test_a_job_scores_against_a_separate_connect_server_shipping_the_model_as_an_artifact(tmp_path):
+    """sc://host:port, as against a cluster: the job's process has no Spark of its own, only spark.sql.* settings
+    reach the server, and the model travels with addArtifacts (the server's executors cannot read the client's
+    folders)."""
+    import signal
+    import subprocess
+    import sys
+
+    if not os.environ.get("DLSPARK_TEST_REMOTE"):
+        pytest.skip("runs in make test-connect: it needs pyspark 4's Connect client and starts a server process")
+    import pyspark
+
+    from tests.conftest import REPO
+    from tests.inference_models import register_image_model
+    from tests.stacks import child_connect
+    from tests.test_batch_inference import N_IMAGES, write_image_table
+
+    spark_home = os.path.dirname(pyspark.__file__)
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_HOME": spark_home, "HF_HUB_OFFLINE": "1"}
+    child_connect(env)  # drop this process's Connect state
+    env.pop("SPARK_TESTING")
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed with the server
+    server = subprocess.Popen([f"{spark_home}/bin/spark-submit", "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
+                               "--master", "local[2]", "--driver-memory", "1g", "--conf", f"spark.connect.grpc.binding.port={port}",
+                               "--conf", "spark.ui.enabled=false"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_port(port, server)
+        register_image_model(tmp_path)
+        write_image_table(tmp_path / "tables" / "images")
+        sets = [f"paths.data_dir={tmp_path}", "mlflow.registered_model=test-images", "inference.input=tables/images",
+                "inference.batch_size=8", f"spark.remote=sc://localhost:{port}"]
+        job = subprocess.run([sys.executable, "jobs/batch_inference.py", "--pipeline", "image_classification",
+                              *[x for s in sets for x in ("--set", s)]], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=300, check=False)
+        out = job.stdout + job.stderr
+        assert job.returncode == 0, out[-3000:]
+        assert "spark connect session: remote=sc://localhost" in out and "shipped model" in out
+        assert f"rows {N_IMAGES} = {N_IMAGES - 2} predicted + 2 errors" in out
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
