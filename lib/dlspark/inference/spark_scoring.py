@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from dlspark.inference.model import ModelBundle
 from dlspark.inference.scoring import PREDICTION_DDL, ScoringSpec, score_batches
-from dlspark.spark.connect import executors_share_files, is_connect
+from dlspark.spark.connect import executors_share_files, is_connect, session_id
 
 if TYPE_CHECKING:
     from pyspark.resource import ResourceProfile
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
-_SHIPPED: set[tuple[int, str]] = set()  # (session, archive) pairs shipped by this process
+_SHIPPED: set[tuple[str, str]] = set()  # (session id, archive) pairs shipped by this process
 
 INPUT_COLUMNS = {"image": ("pixels", "shape"), "tokens": ("input_ids", "attention_mask")}
 
@@ -50,7 +50,7 @@ def ship_model(spark: SparkSession, spec: ScoringSpec) -> ScoringSpec:
     connect = is_connect(spark)
     folder = Path(spec.model_dir)
     name = f"dlspark-model-{_folder_digest(folder)}.zip"
-    key = (id(spark), name)
+    key = (session_id(spark), name)
     if key not in _SHIPPED:
         staging = Path(tempfile.mkdtemp(prefix="dlspark-ship-"))
         archive = shutil.make_archive(str(staging / name[:-4]), "zip", root_dir=folder)

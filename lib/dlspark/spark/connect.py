@@ -42,6 +42,13 @@ def spark_master(spark: "SparkSession") -> str:
     return str(spark.sparkContext.master)
 
 
+def session_id(spark: "SparkSession") -> str:
+    """What files and artifacts are shipped to: the Connect session, or the classic application."""
+    if is_connect(spark):
+        return str(spark.session_id)  # type: ignore[attr-defined]  # a Connect session's property
+    return str(spark.sparkContext.applicationId)
+
+
 def runs_in_process(spark: "SparkSession") -> bool:
     """True when the driver's files are this process's files: a classic session, or a Connect server this process
     started (``remote("local[...]")``). A remote Connect server reads none of the client's local paths."""
