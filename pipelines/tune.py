@@ -20,12 +20,12 @@ from dlspark.paths import resolve_path
 from dlspark.tables import read_table, write_table
 from dlspark.tracking import TrackingTarget, log_run_inputs, resolve_tracking, start_run
 from dlspark.train import require_supported_session
+from dlspark.train.inputs import feed_specs, training_labels
 from dlspark.tuning import study as studies
 from dlspark.tuning.results import TRIALS_DDL, trial_record, trials_table_rows, write_best_yaml, write_trials_json
 from dlspark.tuning.space import suggest, validate_space
 from dlspark.tuning.spark_trials import run_trials, task_slots
 from dlspark.tuning.trial import TrialContext, TrialTask
-from pipelines.train import feed_specs, training_labels
 
 if TYPE_CHECKING:
     import optuna

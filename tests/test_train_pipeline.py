@@ -13,8 +13,9 @@ import pytest
 
 from dlspark.config import load_config
 from dlspark.tracking import CANDIDATE, CHAMPION, list_versions, resolve_tracking
+from dlspark.train.inputs import TrainInputError, sentiment_labels
 from pipelines.ingest_images import ingest_images
-from pipelines.train import TrainInputError, sentiment_labels, train_model
+from pipelines.train import train_model
 from tests.image_zoo import separable_images, write_tree
 from tests.stacks import needs
 
