@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig
-from dlspark.inference.inputs import ingest_text_fallback
-from dlspark.inference.model import ModelBundle, load_model, model_uri_for, resolve_model
-from dlspark.inference.spark_scoring import resource_profile, score_dataframe, scoring_spec, ship_model
+from dlspark.inference.model import ModelBundle, load_model, requested_model, resolve_model
+from dlspark.inference.spark_scoring import label_accuracy, score_rows
 from dlspark.ingest.outcome import CountMismatch
 from dlspark.paths import resolve_path
 from dlspark.runlog import read_json, write_json
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SOURCE_MODEL_TAG = "dlspark.source_model"   # set on exported versions (ONNX) to the version they came from
-DEFAULT_PASSTHROUGH = ("record_id", "sha256", "source_path", "split", "label", "label_index")
 
 
 @dataclass(frozen=True)
@@ -115,26 +113,6 @@ def unscored_rows(spark: SparkSession, rows: DataFrame, output: str, fmt: str, b
     return rows.join(scored, on=key, how="left_anti")
 
 
-def requested_model(cfg: AppConfig) -> str:
-    """``inference.model`` as a URI; null = ``models:/<mlflow.registered_model>@<inference.alias>``."""
-    name = cfg.inference.model or cfg.mlflow.registered_model or f"dlspark-{cfg.train.task}"
-    return model_uri_for(name, cfg.inference.alias)
-
-
-def score_rows(spark: SparkSession, df: DataFrame, cfg: AppConfig, bundle: ModelBundle) -> DataFrame:
-    """``df`` scored by ``bundle`` with the ``inference`` settings (passthrough, batch size, device ...)."""
-    icfg = cfg.inference
-    passthrough = tuple(icfg.passthrough) if icfg.passthrough is not None else \
-        tuple(c for c in DEFAULT_PASSTHROUGH if c in df.columns)
-    missing = [c for c in passthrough if c not in df.columns]
-    if missing:
-        raise ValueError(f"inference.passthrough names column(s) {missing} that the input lacks; it has {df.columns}")
-    fallback = ingest_text_fallback(cfg.ingest_text) if icfg.text_mode == "text" else None
-    spec = scoring_spec(bundle, passthrough=passthrough, batch_size=icfg.batch_size, top_k=icfg.top_k, device=icfg.device,
-                        amp=icfg.amp, text_mode=icfg.text_mode, text_column=icfg.text_column, text_fallback=fallback)
-    return score_dataframe(df, ship_model(spark, spec), profile=resource_profile(icfg.task_cpus, icfg.task_gpus))
-
-
 def scoring_key(bundle: ModelBundle, input_uri: str, input_version: str, split: str | None, text_mode: str) -> str:
     """Stable id of one (model version, input table version, split) pair."""
     raw = "|".join([bundle.ref.uri, input_uri.rstrip("/"), input_version, split or "all", text_mode])
@@ -154,31 +132,6 @@ def summarize(spark: SparkSession, output: str, fmt: str, key: str, *, expected_
     accuracy, labelled = label_accuracy(written, bundle)
     return {"rows": rows, "scored": scored, "errors": rows - scored, "error_reasons": reasons,
             "accuracy": accuracy, "labelled": labelled}
-
-
-def label_accuracy(predictions: DataFrame, bundle: ModelBundle) -> tuple[float | None, int]:
-    """(accuracy, labelled rows) over rows whose ``label`` maps to one of the model's classes.
-
-    A label maps through the training label map when there is one (e.g. sentiment without ``neutral``),
-    else it is a class name itself. Rows with an error count as wrong.
-    """
-    if "label" not in predictions.columns:
-        return None, 0
-    expected = expected_labels(bundle)
-    mapping = F.create_map(*[F.lit(x) for pair in expected.items() for x in pair])
-    labelled = predictions.select(mapping[F.col("label")].alias("expected"), "prediction").where(F.col("expected").isNotNull())
-    row = labelled.agg(F.count(F.lit(1)).alias("n"),
-                       F.sum(F.when(F.col("prediction") == F.col("expected"), 1).otherwise(0)).alias("right")).first()
-    n = int(row["n"])
-    return (int(row["right"]) / n if n else None), n
-
-
-def expected_labels(bundle: ModelBundle) -> dict[str, str]:
-    """Table label -> the class name the model should predict for it."""
-    label_map: Mapping[str, int] | None = bundle.preprocessing.get("label_map")
-    if label_map:
-        return {label: bundle.labels[int(target)] for label, target in label_map.items()}
-    return {label: label for label in bundle.labels}
 
 
 def _run_columns(bundle: ModelBundle, input_uri: str, input_version: str, key: str, now: datetime) -> list:

@@ -25,14 +25,14 @@ from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig, ConfigError
 from dlspark.filesystem import read_text, write_text
-from dlspark.inference.model import ModelBundle, load_model
+from dlspark.inference.model import ModelBundle, load_model, requested_model
+from dlspark.inference.spark_scoring import DEFAULT_PASSTHROUGH, label_accuracy, score_rows
 from dlspark.monitoring import Metric, Sample, Thresholds, compare_samples, drifted, per_class_probabilities
 from dlspark.monitoring.features import image_stats, unknown_rate_fn
 from dlspark.monitoring.report import class_share_png, histogram_png, render_html
 from dlspark.paths import resolve_path
 from dlspark.tables import read_table, write_table
 from dlspark.tracking import resolve_tracking, start_run
-from pipelines.batch_inference import DEFAULT_PASSTHROUGH, label_accuracy, requested_model, score_rows
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

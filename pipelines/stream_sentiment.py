@@ -27,8 +27,8 @@ from pyspark.sql import functions as F
 from dlspark.config import AppConfig, ConfigError
 from dlspark.filesystem import exists, makedirs
 from dlspark.inference.inputs import ingest_text_fallback
-from dlspark.inference.model import ModelBundle, load_model
-from dlspark.inference.spark_scoring import score_dataframe, scoring_spec, ship_model
+from dlspark.inference.model import ModelBundle, expected_labels, load_model, requested_model
+from dlspark.inference.spark_scoring import label_accuracy, score_dataframe, scoring_spec, ship_model
 from dlspark.inference.streaming import (
     MessageFields,
     parse_messages,
@@ -42,11 +42,6 @@ from dlspark.inference.streaming import (
 from dlspark.paths import resolve_path
 from dlspark.spark.connect import executors_share_files, is_connect
 from dlspark.tracking import resolve_tracking
-from pipelines.batch_inference import (
-    expected_labels,
-    label_accuracy,
-    requested_model,
-)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import yaml
 
 if TYPE_CHECKING:
+    from dlspark.config import AppConfig
     from dlspark.tracking import TrackingTarget
 
 FLAVORS = ("pytorch", "onnx", "keras", "tensorflow")
@@ -193,3 +194,17 @@ def _known(client: Any, uri: str) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def requested_model(cfg: "AppConfig") -> str:
+    """``inference.model`` as a URI; null = ``models:/<mlflow.registered_model>@<inference.alias>``."""
+    name = cfg.inference.model or cfg.mlflow.registered_model or f"dlspark-{cfg.train.task}"
+    return model_uri_for(name, cfg.inference.alias)
+
+
+def expected_labels(bundle: ModelBundle) -> dict[str, str]:
+    """Table label -> the class name the model should predict for it."""
+    label_map: Mapping[str, int] | None = bundle.preprocessing.get("label_map")
+    if label_map:
+        return {label: bundle.labels[int(target)] for label, target in label_map.items()}
+    return {label: label for label in bundle.labels}

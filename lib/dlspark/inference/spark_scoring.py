@@ -16,13 +16,18 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from dlspark.inference.model import ModelBundle
+from pyspark.sql import functions as F
+
+from dlspark.inference.inputs import ingest_text_fallback
+from dlspark.inference.model import ModelBundle, expected_labels
 from dlspark.inference.scoring import PREDICTION_DDL, ScoringSpec, score_batches
 from dlspark.spark.connect import executors_share_files, is_connect, session_id
 
 if TYPE_CHECKING:
     from pyspark.resource import ResourceProfile
     from pyspark.sql import DataFrame, SparkSession
+
+    from dlspark.config import AppConfig
 
 log = logging.getLogger(__name__)
 _SHIPPED: set[tuple[str, str]] = set()  # (session id, archive) pairs shipped by this process
@@ -123,3 +128,38 @@ def _folder_digest(folder: Path) -> str:
         digest.update(str(path.relative_to(folder)).encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:16]
+
+
+DEFAULT_PASSTHROUGH = ("record_id", "sha256", "source_path", "split", "label", "label_index")
+
+
+def score_rows(spark: SparkSession, df: DataFrame, cfg: "AppConfig", bundle: ModelBundle) -> DataFrame:
+    """``df`` scored by ``bundle`` with the ``inference`` settings (passthrough, batch size, device ...)."""
+    icfg = cfg.inference
+    passthrough = tuple(icfg.passthrough) if icfg.passthrough is not None else \
+        tuple(c for c in DEFAULT_PASSTHROUGH if c in df.columns)
+    missing = [c for c in passthrough if c not in df.columns]
+    if missing:
+        raise ValueError(f"inference.passthrough names column(s) {missing} that the input lacks; it has {df.columns}")
+    fallback = ingest_text_fallback(cfg.ingest_text) if icfg.text_mode == "text" else None
+    spec = scoring_spec(bundle, passthrough=passthrough, batch_size=icfg.batch_size, top_k=icfg.top_k, device=icfg.device,
+                        amp=icfg.amp, text_mode=icfg.text_mode, text_column=icfg.text_column, text_fallback=fallback)
+    return score_dataframe(df, ship_model(spark, spec), profile=resource_profile(icfg.task_cpus, icfg.task_gpus))
+
+
+def label_accuracy(predictions: DataFrame, bundle: ModelBundle) -> tuple[float | None, int]:
+    """(accuracy, labelled rows) over rows whose ``label`` maps to one of the model's classes.
+
+    A label maps through the training label map when there is one (e.g. sentiment without ``neutral``),
+    else it is a class name itself. Rows with an error count as wrong.
+    """
+    if "label" not in predictions.columns:
+        return None, 0
+    expected = expected_labels(bundle)
+    mapping = F.create_map(*[F.lit(x) for pair in expected.items() for x in pair])
+    expected_class = F.try_element_at(mapping, F.col("label")).alias("expected")  # null for a label of no class
+    labelled = predictions.select(expected_class, "prediction").where(F.col("expected").isNotNull())
+    row = labelled.agg(F.count(F.lit(1)).alias("n"),
+                       F.sum(F.when(F.col("prediction") == F.col("expected"), 1).otherwise(0)).alias("right")).first()
+    n = int(row["n"]) if row is not None else 0  # a global aggregate always has its one row
+    return (int(row["right"]) / n if row is not None and n else None), n
