@@ -79,13 +79,12 @@ def build_spark_session(cfg: SparkConfig) -> "SparkSession":
     """
     from pyspark.sql import SparkSession
 
-    if cfg.remote:
-        return _build_connect_session(cfg)
-
     os.environ["PYSPARK_PYTHON"] = executor_python(cfg)
     if cfg.deploy_mode == "client":
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if cfg.remote:
+        return _build_connect_session(cfg)
     builder = SparkSession.builder
     for key, value in spark_conf_pairs(cfg).items():
         builder = builder.config(key, value)
@@ -106,8 +105,6 @@ def _build_connect_session(cfg: SparkConfig) -> "SparkSession":
     except ImportError as exc:
         raise ConfigError(f"spark.remote is {cfg.remote!r} but the Spark Connect client cannot be imported ({exc}): "
                           "pip install 'pyspark[connect]>=4' (make setup STACK=modern), or set spark.remote: null") from exc
-    os.environ["PYSPARK_PYTHON"] = executor_python(cfg)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     builder = SparkSession.builder.remote(str(cfg.remote))
     for key, value in connect_conf_pairs(cfg).items():
         builder = builder.config(key, value)
