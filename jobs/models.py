@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = config_from_args(args, pipeline=args.pipeline)
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
-    name = args.name or cfg.mlflow.registered_model or f"dlspark-{cfg.train.task}"
+    name = args.name or cfg.registered_model
     try:
         if args.command == "list":
             print(format_versions(name, list_versions(target, name)))

@@ -18,9 +18,15 @@ from functools import partial
 from typing import Sequence
 
 from dlspark.cli import run_job, run_spark_pipeline
-from pipelines.scheduled import run_scheduled
+from pipelines.batch_inference import score_table
+from pipelines.ingest_images import ingest_images
+from pipelines.ingest_text import ingest_text
+from pipelines.monitor import monitor
+from pipelines.scheduled import ScheduledSteps, run_scheduled
 
 LAYERS = {"image_classification": ["ingest_images", "image_classification"], "sentiment": ["ingest_text", "sentiment"]}
+STEPS = {"image_classification": ScheduledSteps(ingest=ingest_images, score=score_table, monitor=monitor),
+         "sentiment": ScheduledSteps(ingest=ingest_text, score=score_table, monitor=monitor)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     own.add_argument("--pipeline", choices=list(LAYERS), default="image_classification")
     known, rest = own.parse_known_args(argv)
     _, record = run_spark_pipeline(rest, description=__doc__, pipeline=LAYERS[known.pipeline],
-                                   fn=partial(run_scheduled, day=known.date))
+                                   fn=partial(run_scheduled, steps=STEPS[known.pipeline], day=known.date))
     print(f"scheduled {record['date']}: " + json.dumps({k: v for k, v in record.items() if k != "date"}, default=str))
     return 0
 

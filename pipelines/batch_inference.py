@@ -72,7 +72,7 @@ def score_table(spark: SparkSession, cfg: AppConfig, run_id: str) -> ScoringRepo
     input_uri = resolve_path(cfg.paths.data_dir, icfg.input or cfg.train.table)
     snapshot = read_table(spark, input_uri, fmt=icfg.input_format, version=icfg.input_version)
     input_version = f"v{snapshot.version}" if snapshot.version is not None else f"files-{snapshot.fingerprint[:16]}"
-    output = resolve_path(cfg.paths.data_dir, icfg.output or f"tables/predictions/{bundle.ref.name or 'model'}")
+    output = resolve_path(cfg.paths.data_dir, cfg.predictions_output(bundle.ref.name))
     key = scoring_key(bundle, input_uri, input_version, icfg.split, icfg.text_mode)
     marker = f"{output.rstrip('/')}/_dlspark/scoring/{key}.json"
     done = read_json(marker)

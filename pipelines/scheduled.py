@@ -5,30 +5,46 @@ its own (ingest skips files it has seen; scoring skips rows the model version ha
 same input version writes nothing), and the run records ``<data_dir>/runs/scheduled/<pipeline>/<date>.json``
 when it finishes: running the same date again returns that record and changes nothing. The drift check
 compares the day's predictions with the training baseline and only flags (the record says what drifted).
+
+The steps are passed in (:class:`ScheduledSteps`; ``jobs/scheduled.py`` wires the ingest, batch inference and
+monitor pipelines), so this module holds only the order, the idempotency record and what each step is given.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date as Date
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from dlspark.config import AppConfig
 from dlspark.paths import resolve_path
 from dlspark.runlog import read_json, write_json
-from pipelines.batch_inference import score_table
-from pipelines.ingest_images import ingest_images
-from pipelines.ingest_text import ingest_text
-from pipelines.monitor import monitor
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
+Step = Callable[["SparkSession", AppConfig, str], Any]
 
-def run_scheduled(spark: SparkSession, cfg: AppConfig, run_id: str, *, day: Date | None = None) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class ScheduledSteps:
+    """The pipeline functions one scheduled run calls, each ``(spark, cfg, run_id) -> report``.
+
+    ``ingest`` returns a report with ``counts.as_dict()``; ``score`` one with ``model, output, rows, scored,
+    errors, skipped, accuracy`` (``batch_inference.score_table``); ``monitor`` one with ``report, output,
+    drifted`` (``monitor.monitor``).
+    """
+
+    ingest: Step
+    score: Step
+    monitor: Step
+
+
+def run_scheduled(spark: SparkSession, cfg: AppConfig, run_id: str, *, steps: ScheduledSteps,
+                  day: Date | None = None) -> dict[str, Any]:
     """Ingest, score and monitor for ``day`` (default today, UTC); returns the run record (also when already done)."""
     day = day or datetime.now(timezone.utc).date()
     marker = record_path(cfg, day)
@@ -36,12 +52,12 @@ def run_scheduled(spark: SparkSession, cfg: AppConfig, run_id: str, *, day: Date
     if done is not None:
         log.info("scheduled run for %s already finished (run %s): nothing to do", day, done["run_id"])
         return {**done, "skipped": True}
-    ingest = (ingest_images if cfg.train.task == "image_classification" else ingest_text)(spark, cfg, run_id)
-    scoring = score_table(spark, replace(cfg, inference=replace(cfg.inference, only_new=True)), run_id)
+    ingest = steps.ingest(spark, cfg, run_id)
+    scoring = steps.score(spark, replace(cfg, inference=replace(cfg.inference, only_new=True)), run_id)
     record: dict[str, Any] = {"run_id": run_id, "date": day.isoformat(), "task": cfg.train.task,
                               "ingest": ingest.counts.as_dict(), "scoring": _scoring(scoring)}
     if not scoring.skipped and scoring.rows >= cfg.monitor.min_rows:
-        drift = monitor(spark, replace(cfg, monitor=replace(cfg.monitor, current=scoring.output)), run_id)
+        drift = steps.monitor(spark, replace(cfg, monitor=replace(cfg.monitor, current=scoring.output)), run_id)
         record["monitor"] = {"report": drift.report, "output": drift.output,
                              "drifted": sorted({f"{m.statistic}:{m.feature}" for m in drift.drifted})}
     else:

@@ -55,7 +55,7 @@ def train_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TrainRepo
     specs = feed_specs(spark, cfg, snapshot, label_map)
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
     run_name = tcfg.run_name or tcfg.task
-    model_name = cfg.mlflow.registered_model or f"dlspark-{tcfg.task}"
+    model_name = cfg.registered_model
     with start_run(target, cfg.mlflow.experiment, run_name, tags={"dlspark.run_id": run_id, "dlspark.task": tcfg.task}) as run:
         log_run_inputs(cfg, table_uri, snapshot.version, snapshot.fingerprint)
         job = TrainJob(config=tcfg, train=specs["train"], val=specs["val"], test=specs["test"], num_classes=len(labels),

@@ -336,6 +336,42 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    """A challenger served beside the champion (``serve.rollout``): split, shadow, and the rollback rules."""
+
+    mode: Literal["none", "ab", "canary", "shadow"] = "none"   # none: the champion alone
+    challenger: str | None = None         # model URI or name; null = models:/<registered model>@<challenger_alias>
+    challenger_alias: str = "candidate"   # register_and_promote aliases every new version 'candidate'
+    split: float = 0.1                    # ab: share of requests the challenger answers
+    steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)   # canary: the challenger's share, step after step
+    step_requests: int = 200              # canary: challenger requests a step must pass before the next
+    auto_promote: bool = False            # canary: move the champion alias to the challenger after the last step
+    key_header: str = "x-rollout-key"     # requests with this header are assigned by its hash (sticky)
+    min_requests: int = 100               # challenger requests before its error rate and latency are judged
+    min_labelled: int = 50                # feedback labels per version before accuracy is judged
+    max_error_rate_increase: float = 0.02   # challenger error rate - champion's above this: roll back
+    max_p95_ratio: float = 1.5            # challenger p95 latency / champion's above this: roll back
+    max_accuracy_drop: float = 0.05       # champion live accuracy - challenger's above this: roll back
+    latency_window: int = 2000            # latest requests per version the p50/p95 are computed over
+    feedback_window: int = 100_000        # predictions kept by request id for POST /feedback
+    table: str = "tables/serving/rollout"   # per-version metrics and decisions (parquet), under paths.data_dir
+    table_seconds: float = 60.0           # a metrics row per version this often (and one per decision); 0 = decisions only
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.split <= 1.0, f"serve.rollout.split: must be in [0, 1], got {self.split}")
+        _require(bool(self.steps) and all(0.0 < s <= 1.0 for s in self.steps)
+                 and list(self.steps) == sorted(self.steps),
+                 f"serve.rollout.steps: increasing shares in (0, 1], e.g. [0.05, 0.25, 0.5, 1.0]; got {list(self.steps)}")
+        _require(self.step_requests >= 1 and self.min_requests >= 1 and self.min_labelled >= 1,
+                 "serve.rollout.step_requests, min_requests and min_labelled: must be >= 1")
+        _require(self.max_error_rate_increase >= 0 and self.max_accuracy_drop >= 0 and self.max_p95_ratio >= 1,
+                 "serve.rollout: max_error_rate_increase and max_accuracy_drop must be >= 0, max_p95_ratio >= 1")
+        _require(self.latency_window >= 10 and self.feedback_window >= 1 and self.table_seconds >= 0,
+                 "serve.rollout: latency_window >= 10, feedback_window >= 1, table_seconds >= 0")
+        _require(bool(self.key_header.strip()), "serve.rollout.key_header: must name a header")
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """REST serving of a registered model (``jobs/serve.py``)."""
 
@@ -349,6 +385,7 @@ class ServeConfig:
     max_payload_bytes: int = 10 * 1024 * 1024
     reload_seconds: float = 30.0          # how often the alias is checked; a move reloads the model (0 = never)
     threads: int | None = None            # torch intra-op threads; null = library default
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def __post_init__(self) -> None:
         _require(1 <= self.port <= 65535, f"serve.port: must be in [1, 65535], got {self.port}")
@@ -486,3 +523,20 @@ class AppConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+
+    # ---- derived defaults: the one place every job asks for them ----
+
+    @property
+    def registered_model(self) -> str:
+        """The registered model name every job defaults to: ``mlflow.registered_model``, null = ``dlspark-<train.task>``."""
+        return self.mlflow.registered_model or f"dlspark-{self.train.task}"
+
+    def model_uri(self, model: str | None, alias: str) -> str:
+        """``model`` (a URI, bare name or null) as a model URI; null = ``models:/<registered_model>@<alias>``."""
+        from dlspark.inference.model import model_uri_for
+
+        return model_uri_for(model or self.registered_model, alias)
+
+    def predictions_output(self, model_name: str | None) -> str:
+        """``inference.output``, null = ``tables/predictions/<model name>`` (relative to ``paths.data_dir``)."""
+        return self.inference.output or f"tables/predictions/{model_name or 'model'}"

@@ -198,8 +198,7 @@ def _first_line(exc: BaseException) -> str:
 
 def requested_model(cfg: "AppConfig") -> str:
     """``inference.model`` as a URI; null = ``models:/<mlflow.registered_model>@<inference.alias>``."""
-    name = cfg.inference.model or cfg.mlflow.registered_model or f"dlspark-{cfg.train.task}"
-    return model_uri_for(name, cfg.inference.alias)
+    return cfg.model_uri(cfg.inference.model, cfg.inference.alias)
 
 
 def expected_labels(bundle: ModelBundle) -> dict[str, str]:
