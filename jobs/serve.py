@@ -5,8 +5,11 @@
 
 The model defaults to models:/<mlflow.registered_model>@champion (serve.model takes any version, alias or
 runs:/ URI). Images are decoded as ingest decoded them (conf/pipelines/ingest_images.yaml is applied before
-the pipeline's layer), texts normalised and tokenized as ingest_text did. Endpoints: POST /predict,
-GET /health, GET /ready, GET /metrics. Settings: conf/base.yaml section serve (binds 127.0.0.1 by default).
+the pipeline's layer), texts normalised and tokenized as ingest_text did. Endpoints: POST /predict
+(image bytes, text, JSON, multipart/form-data), POST /feedback, GET /health, /ready, /metrics, /rollout;
+KServe v2 (/v2/models/{name}/infer, /v2/health/ready, GET /v2/models/{name}) and TF-Serving REST
+(/v1/models/{name}:predict). A challenger beside the champion (A/B, canary, shadow, automatic rollback):
+--set serve.rollout.mode=canary. Settings: conf/base.yaml section serve (binds 127.0.0.1 by default).
 Exit codes: 0 stopped, 1 failed, 2 bad configuration.
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from dlspark.serving import create_app
-    from dlspark.serving.factory import served_model_uri, service_from_config
+    from dlspark.serving.factory import versions_from_config
 
     parser = job_parser(__doc__)
     parser.add_argument("--pipeline", choices=list(PIPELINES), default="image_classification",
@@ -35,8 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_args(args, pipeline=PIPELINES[args.pipeline])
     run_id = new_run_id()
     setup_logging(cfg.run, run_id)
-    app = create_app(service_from_config(cfg), cfg.serve)
-    print(f"serve {run_id}: {served_model_uri(cfg)} on http://{cfg.serve.host}:{cfg.serve.port}", flush=True)
+    served = versions_from_config(cfg)
+    app = create_app(served.champion, cfg.serve, challenger=served.challenger, recorder=served.recorder)
+    rollout = f", {cfg.serve.rollout.mode} challenger {served.challenger_uri}" if served.challenger_uri else ""
+    print(f"serve {run_id}: {served.champion_uri}{rollout} on http://{cfg.serve.host}:{cfg.serve.port}", flush=True)
     uvicorn.run(app, host=cfg.serve.host, port=cfg.serve.port, log_level=cfg.run.log_level.lower(),
                 access_log=False)
     return 0

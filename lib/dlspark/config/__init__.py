@@ -1,6 +1,7 @@
 """Configuration: YAML layers + CLI overrides -> frozen, validated dataclasses."""
 from dlspark.config.loader import PROFILES, apply_override, config_hash, deep_merge, load_config
 from dlspark.config.schema import (
+    RolloutConfig,
     AppConfig,
     FeedConfig,
     ImageIngestConfig,
@@ -31,6 +32,7 @@ __all__ = [
     "PathsConfig",
     "RunConfig",
     "SentimentConfig",
+    "RolloutConfig",
     "ServeConfig",
     "SparkConfig",
     "SplitConfig",

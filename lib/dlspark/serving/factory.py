@@ -1,24 +1,59 @@
-"""The :class:`ModelService` a config describes: ``serve.model`` (or the registered model's ``serve.alias``)
-in the config's tracking store, decoded and tokenized per the ``ingest_images`` / ``ingest_text`` settings."""
+"""The services a config describes: ``serve.model`` (or the registered model's ``serve.alias``) and, when
+``serve.rollout.mode`` is not ``none``, the challenger (``serve.rollout.challenger``, default the registered
+model's ``serve.rollout.challenger_alias``), decoded and tokenized per the ``ingest_images`` / ``ingest_text``
+settings, plus the recorder of rollout decisions."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from dlspark.config import AppConfig
 from dlspark.inference.inputs import ingest_text_fallback
-from dlspark.inference.model import ModelRef, download_model, model_uri_for, resolve_model
+from dlspark.inference.model import ModelRef, download_model, resolve_model
+from dlspark.paths import resolve_path
+from dlspark.serving.rollout_record import RolloutRecorder
 from dlspark.serving.service import ModelService, ServedModel, load_served_model
 from dlspark.tracking import resolve_tracking
 
 
+@dataclass(frozen=True)
+class ServedVersions:
+    """What ``jobs/serve.py`` hands to ``create_app``."""
+
+    champion: ModelService
+    challenger: ModelService | None
+    recorder: RolloutRecorder | None
+    champion_uri: str
+    challenger_uri: str | None
+
+
 def served_model_uri(cfg: AppConfig) -> str:
     """``serve.model`` as a URI; null = ``models:/<mlflow.registered_model>@<serve.alias>``."""
-    name = cfg.serve.model or cfg.mlflow.registered_model or f"dlspark-{cfg.train.task}"
-    return model_uri_for(name, cfg.serve.alias)
+    return cfg.model_uri(cfg.serve.model, cfg.serve.alias)
+
+
+def challenger_uri(cfg: AppConfig) -> str | None:
+    """``serve.rollout.challenger`` as a URI (null = the registered model's ``challenger_alias``); None when off."""
+    rollout = cfg.serve.rollout
+    return None if rollout.mode == "none" else cfg.model_uri(rollout.challenger, rollout.challenger_alias)
 
 
 def service_from_config(cfg: AppConfig) -> ModelService:
-    """A not yet loaded service for ``cfg`` (the app's lifespan loads it; call ``refresh()`` to load now)."""
+    """A not yet loaded champion service for ``cfg`` (the app's lifespan loads it; ``refresh()`` loads now)."""
+    return _service(cfg, served_model_uri(cfg))
+
+
+def versions_from_config(cfg: AppConfig) -> ServedVersions:
+    """The champion, the challenger (when a rollout is configured) and the decision recorder."""
+    uri, other = served_model_uri(cfg), challenger_uri(cfg)
+    recorder = None
+    if other is not None:
+        target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
+        recorder = RolloutRecorder(target, cfg.registered_model, resolve_path(cfg.paths.data_dir, cfg.serve.rollout.table))
+    return ServedVersions(_service(cfg, uri), _service(cfg, other) if other else None, recorder, uri, other)
+
+
+def _service(cfg: AppConfig, uri: str) -> ModelService:
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
-    uri = served_model_uri(cfg)
     images, fallback = cfg.ingest_images, ingest_text_fallback(cfg.ingest_text)
 
     def load(ref: ModelRef) -> ServedModel:
@@ -27,4 +62,3 @@ def service_from_config(cfg: AppConfig) -> ModelService:
                                  text_fallback=fallback, top_k=cfg.inference.top_k, batch_size=cfg.serve.max_batch)
 
     return ModelService(lambda: resolve_model(target, uri), load)
-

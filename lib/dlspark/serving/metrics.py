@@ -28,6 +28,20 @@ class ServingMetrics:
                                    ["model", "version"], registry=r)
         self.reloads = Counter("dlspark_serve_reloads", "alias checks that loaded another version, by outcome",
                                ["outcome"], registry=r)
+        # per version (arm = champion | challenger): what a rollout is judged on
+        self.version_requests = Counter("dlspark_serve_version_requests", "scored requests per version, by outcome "
+                                        "(ok | error)", ["arm", "version", "outcome"], registry=r)
+        self.version_latency = Histogram("dlspark_serve_version_request_seconds", "scoring latency per version "
+                                         "(decode + queue + forward pass)", ["arm", "version"], buckets=LATENCY_BUCKETS,
+                                         registry=r)
+        self.version_labels = Counter("dlspark_serve_version_labels", "POST /feedback labels per version, by whether "
+                                      "the version's answer was right", ["arm", "version", "correct"], registry=r)
+        self.challenger_share = Gauge("dlspark_serve_rollout_challenger_share", "share of requests the challenger "
+                                      "answers now (0 in shadow mode)", registry=r)
+        self.rollout_decisions = Counter("dlspark_serve_rollout_decisions", "rollout decisions by action",
+                                         ["action"], registry=r)
+        self.shadow = Counter("dlspark_serve_shadow_requests", "shadow copies scored by the challenger, by outcome "
+                              "(agree | disagree | failed | dropped)", ["outcome"], registry=r)
 
     def observe_request(self, status: int, seconds: float, reason: str | None = None) -> None:
         """Count one request (and its error reason, if it failed)."""
@@ -35,6 +49,12 @@ class ServingMetrics:
         self.latency.observe(seconds)
         if reason is not None:
             self.errors.labels(reason=reason).inc()
+
+    def observe_version(self, arm: str, version: str | None, seconds: float, ok: bool) -> None:
+        """One request scored (or failed server-side) by ``arm``'s version."""
+        self.version_requests.labels(arm=arm, version=version or "", outcome="ok" if ok else "error").inc()
+        if ok:
+            self.version_latency.labels(arm=arm, version=version or "").observe(seconds)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -4,6 +4,8 @@ Accepted bodies of ``POST /predict``:
 
 * raw image file bytes, ``Content-Type: image/*`` (or ``application/octet-stream``): one image;
 * ``text/plain``: one text;
+* ``multipart/form-data`` (``curl -F file=@x.jpg``): every file part is an image (a ``text/plain`` file part
+  or a plain field named ``text`` is a text), in the order sent;
 * JSON ``{"instances": [{"image_b64": "..."} | {"text": "..."}, ...]}``, or one instance at the top level
   (``{"text": "..."}``, ``{"image_b64": "..."}``).
 
@@ -15,7 +17,11 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from email import policy
+from email.parser import BytesParser
 from typing import Any
+
+import numpy as np
 
 
 class PayloadError(ValueError):
@@ -29,14 +35,15 @@ class PayloadError(ValueError):
 
 @dataclass(frozen=True)
 class Instance:
-    """One thing to score: image file bytes or a text."""
+    """One thing to score: image file bytes, decoded pixels ``[H, W, C]`` uint8, or a text."""
 
     image: bytes | None = None
     text: str | None = None
+    pixels: np.ndarray | None = None
 
     @property
     def kind(self) -> str:
-        return "image" if self.image is not None else "text"
+        return "text" if self.text is not None else "image"
 
 
 def parse_payload(body: bytes, content_type: str | None) -> list[Instance]:
@@ -55,8 +62,38 @@ def parse_payload(body: bytes, content_type: str | None) -> list[Instance]:
         return [Instance(text=body.decode("utf-8", errors="replace"))]
     if media in ("application/json", ""):
         return _json_instances(body)
+    if media == "multipart/form-data":
+        return multipart_instances(body, content_type or "")
     raise PayloadError(415, "content_type", f"unsupported Content-Type {content_type!r}: send image/* bytes, text/plain, "
-                                            'or application/json {"instances": [{"image_b64": ...} | {"text": ...}]}')
+                                            "multipart/form-data (curl -F file=@x.jpg), or application/json "
+                                            '{"instances": [{"image_b64": ...} | {"text": ...}]}')
+
+
+def multipart_instances(body: bytes, content_type: str) -> list[Instance]:
+    """The instances of a ``multipart/form-data`` body: file parts are images (text/plain files are texts), a
+    plain field named ``text`` is a text; other plain fields are ignored."""
+    if "boundary=" not in content_type:
+        raise PayloadError(400, "bad_multipart", "multipart/form-data without a boundary parameter: let the client "
+                                                 "set the Content-Type (curl -F file=@x.jpg does)")
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n" + body)
+    if not message.is_multipart():
+        raise PayloadError(400, "bad_multipart", "the multipart/form-data body does not parse")
+    out: list[Instance] = []
+    for part in message.iter_parts():
+        data = part.get_payload(decode=True) or b""
+        name, filename = part.get_param("name", header="content-disposition"), part.get_filename()
+        if filename is None:
+            if name == "text":
+                out.append(Instance(text=data.decode("utf-8", errors="replace")))
+        elif part.get_content_type() == "text/plain":
+            out.append(Instance(text=data.decode("utf-8", errors="replace")))
+        else:
+            out.append(Instance(image=data))
+    if not out:
+        raise PayloadError(422, "bad_instances", "the multipart/form-data body holds no file part and no 'text' field: "
+                                                 "send -F file=@image.jpg or -F text=...")
+    return out
 
 
 def _json_instances(body: bytes) -> list[Instance]:

@@ -99,8 +99,10 @@ def prepare(model: ServedModel, instances: Sequence[Instance]) -> list[np.ndarra
 
 def _prepare_one(model: ServedModel, instance: Instance, index: int) -> np.ndarray | str:
     if instance.kind != model.kind:
-        raise InstanceError(index, "wrong_kind", f"got {'image bytes' if instance.image is not None else 'text'} but "
+        raise InstanceError(index, "wrong_kind", f"got {'text' if instance.text is not None else 'an image'} but "
                                                  f"{model.name} is a{'n' if model.kind == 'image' else ''} {model.kind} model")
+    if model.image is not None and instance.pixels is not None:
+        return _check_pixels(model, instance.pixels, index)
     if model.image is not None:
         try:
             decoded = decode_image(instance.image or b"", model.image)
@@ -111,6 +113,16 @@ def _prepare_one(model: ServedModel, instance: Instance, index: int) -> np.ndarr
     if not normalize_text(instance.text, model.text.normalize):
         raise InstanceError(index, "empty_text", "nothing left to score after normalisation; send non-empty text")
     return instance.text
+
+
+def _check_pixels(model: ServedModel, pixels: np.ndarray, index: int) -> np.ndarray:
+    """A pixel tensor sent as such: it must already be the model's ``[H, W, C]`` uint8 input."""
+    assert model.image is not None
+    shape = model.image.shape
+    if pixels.shape != shape or pixels.dtype != np.uint8:
+        raise InstanceError(index, "bad_pixels", f"pixels of shape {list(pixels.shape)} ({pixels.dtype}); "
+                                                 f"{model.name} takes uint8 {list(shape)} (or send the image file)")
+    return pixels
 
 
 def run_batch(model: ServedModel, values: Sequence[np.ndarray | str]) -> list[dict[str, Any] | Exception]:

@@ -69,6 +69,24 @@ def publish(uri: str, staged_root: str) -> WriteResult:
     return WriteResult(uri, "parquet", "append", None, len(moved), rows, "python-parquet")
 
 
+def append_arrow(uri: str, rows: pa.Table) -> WriteResult:
+    """Append ``rows`` to the Parquet folder at ``uri`` as one new file, without Spark (for long-running Python
+    processes such as the model server). The file is written under a hidden name and renamed, so a reader
+    never sees half of it; the columns must equal those of the files already there."""
+    fs, root = resolve(uri)
+    fs.makedirs(root, exist_ok=True)
+    existing = first_data_file(fs, root)
+    if existing is not None and read_footer(fs, existing).schema_arrow.names != rows.schema.names:
+        raise TableError(f"{uri} holds columns {read_footer(fs, existing).schema_arrow.names}, the new rows "
+                         f"{rows.schema.names}: write to another table or move the old one away")
+    name = f"part-{uuid.uuid4()}.c000.snappy.parquet"
+    hidden, target = f"{root}/_{name}", f"{root}/{name}"
+    with fs.open(hidden, "wb") as out:
+        pq.write_table(rows, out, compression="snappy")
+    fs.mv(hidden, target)
+    return WriteResult(uri, "parquet", "append", None, 1, rows.num_rows, "python-parquet")
+
+
 def delete_where(uri: str, files: list[str], column: str, value: Any) -> int:
     """Remove the rows whose ``column`` equals ``value`` from ``files`` (the table files that hold any):
     a file left empty is deleted, any other is rewritten in place (temp + move). Returns the rows removed."""
