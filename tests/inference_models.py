@@ -40,12 +40,15 @@ def text_preprocessing(max_length: int = 16) -> dict:
                                                          "url_token": "http", "mention_token": "@user"}}}
 
 
-def register_image_model(data_dir: Path, name: str = "test-images") -> TrackingTarget:
-    """Log + register the tiny CNN as ``name`` (champion) in the store under ``data_dir``."""
+def register_image_model(data_dir: Path, name: str = "test-images", labels: tuple[str, ...] = IMAGE_LABELS) -> TrackingTarget:
+    """Log + register the tiny CNN as ``name`` (champion if the first version) in the store under ``data_dir``.
+
+    ``labels`` names its classes: a permutation of :data:`IMAGE_LABELS` gives a model with the same weights whose
+    every answer is named wrongly (a deliberately worse challenger)."""
     model = image_model()
     example = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
     spec = {"name": "cnn", "in_channels": 1, "num_classes": len(IMAGE_LABELS), "widths": [4, 8]}
-    return _register(data_dir, name, model, example, IMAGE_LABELS, image_preprocessing(), spec)
+    return _register(data_dir, name, model, example, labels, image_preprocessing(), spec)
 
 
 def register_text_model(data_dir: Path, name: str = "test-sentiment", max_length: int = 16) -> TrackingTarget:

@@ -85,7 +85,7 @@ def test_live_accuracy_drop_rolls_back_after_min_labelled():
         _, d = ab.feedback(f"r{i}", ["cat"])
         decision = decision or d
     assert decision is not None and decision.action == "rollback"
-    assert "live accuracy 0.000 vs champion 1.000 over 10/10 labels" in decision.reason
+    assert "live accuracy 0.000 vs champion 1.000 over 10 and 10 labels" in decision.reason
 
 
 def test_shadow_answers_with_the_champion_and_labels_score_both():
@@ -124,3 +124,11 @@ def test_rollout_config_rejects_bad_steps():
     alone = Rollout(RolloutConfig(), "1", None)
     assert alone.route("k").answer == CHAMPION
     assert all(alone.observe(CHAMPION, 0.01, False) is None for _ in range(200))
+
+
+def test_millisecond_jitter_is_not_a_latency_regression():
+    canary = rollout(max_p95_ratio=1.5, min_p95_increase_ms=10.0, step_requests=1000)
+    for _ in range(50):
+        canary.observe(CHAMPION, 0.001, True)
+    assert all(canary.observe(CHALLENGER, 0.003, True) is None for _ in range(50))   # x3, but only 2 ms slower
+    assert canary.status == "running"

@@ -1,7 +1,6 @@
 """Configuration: YAML layers + CLI overrides -> frozen, validated dataclasses."""
 from dlspark.config.loader import PROFILES, apply_override, config_hash, deep_merge, load_config
 from dlspark.config.schema import (
-    RolloutConfig,
     AppConfig,
     FeedConfig,
     ImageIngestConfig,
@@ -9,6 +8,7 @@ from dlspark.config.schema import (
     MlflowConfig,
     MonitorConfig,
     PathsConfig,
+    RolloutConfig,
     RunConfig,
     SentimentConfig,
     ServeConfig,

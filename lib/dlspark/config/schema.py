@@ -350,7 +350,8 @@ class RolloutConfig:
     min_requests: int = 100               # challenger requests before its error rate and latency are judged
     min_labelled: int = 50                # feedback labels per version before accuracy is judged
     max_error_rate_increase: float = 0.02   # challenger error rate - champion's above this: roll back
-    max_p95_ratio: float = 1.5            # challenger p95 latency / champion's above this: roll back
+    max_p95_ratio: float = 1.5            # challenger p95 latency / champion's above this: roll back ...
+    min_p95_increase_ms: float = 10.0     # ... when it is also this much slower (ms-scale jitter is not a regression)
     max_accuracy_drop: float = 0.05       # champion live accuracy - challenger's above this: roll back
     latency_window: int = 2000            # latest requests per version the p50/p95 are computed over
     feedback_window: int = 100_000        # predictions kept by request id for POST /feedback
@@ -366,6 +367,7 @@ class RolloutConfig:
                  "serve.rollout.step_requests, min_requests and min_labelled: must be >= 1")
         _require(self.max_error_rate_increase >= 0 and self.max_accuracy_drop >= 0 and self.max_p95_ratio >= 1,
                  "serve.rollout: max_error_rate_increase and max_accuracy_drop must be >= 0, max_p95_ratio >= 1")
+        _require(self.min_p95_increase_ms >= 0, "serve.rollout.min_p95_increase_ms: must be >= 0")
         _require(self.latency_window >= 10 and self.feedback_window >= 1 and self.table_seconds >= 0,
                  "serve.rollout: latency_window >= 10, feedback_window >= 1, table_seconds >= 0")
         _require(bool(self.key_header.strip()), "serve.rollout.key_header: must name a header")

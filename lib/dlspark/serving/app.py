@@ -24,8 +24,10 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import FastAPI, Request
@@ -79,6 +81,7 @@ class Scorer:
         self.arms, self.cfg, self.metrics, self.recorder = arms, cfg, metrics, recorder
         self.rollout = Rollout(replace(cfg.rollout, mode="none"), None, None)
         self._tasks: set[asyncio.Task] = set()
+        self._records = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlspark-rollout-record")  # in order
 
     @property
     def champion(self) -> ModelService:
@@ -110,7 +113,7 @@ class Scorer:
         self.metrics.rollout_decisions.labels(action=decision.action).inc()
         self.metrics.challenger_share.set(rollout.share)
         if self.recorder is not None:
-            self._spawn(asyncio.to_thread(self._record, rollout, decision))
+            self._spawn(asyncio.get_running_loop().run_in_executor(self._records, self._record, rollout, decision))
         else:
             log.info("rollout %s: %s", decision.action, decision.reason)
 
@@ -222,12 +225,13 @@ def create_app(service: ModelService, cfg: ServeConfig, *, challenger: ModelServ
                recorder: RolloutRecorder | None = None) -> FastAPI:
     """The serving app for ``service`` (and ``challenger`` when ``cfg.rollout.mode`` is not ``none``)."""
     metrics = ServingMetrics()
-    services = {CHAMPION: service, **({CHALLENGER: challenger} if challenger is not None else {})}
-    arms: dict[Arm, ServingArm] = {
-        name: ServingArm(name, svc, MicroBatcher(lambda values, s=svc: run_batch(s.model, values), max_batch=cfg.max_batch,
-                                                 max_wait_ms=cfg.max_wait_ms, queue_size=cfg.queue_size,
-                                                 on_batch=metrics.observe_batch))
-        for name, svc in services.items()}
+    services: dict[Arm, ModelService] = {CHAMPION: service, **({CHALLENGER: challenger} if challenger is not None else {})}
+
+    def batcher(svc: ModelService) -> MicroBatcher:
+        return MicroBatcher(partial(_run_on, svc), max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
+                            queue_size=cfg.queue_size, on_batch=metrics.observe_batch)
+
+    arms: dict[Arm, ServingArm] = {name: ServingArm(name, svc, batcher(svc)) for name, svc in services.items()}
     scorer = Scorer(arms, cfg, metrics, recorder)
     metrics.queue_depth.set_function(lambda: arms[CHAMPION].batcher.depth)
     if service.ready:
@@ -297,7 +301,7 @@ def create_app(service: ModelService, cfg: ServeConfig, *, challenger: ModelServ
                  "predictions": result.predictions}, {"X-Request-Id": result.request_id})
 
     async def feedback(request: Request) -> tuple[dict[str, Any], dict[str, str]]:
-        doc = _parse(lambda raw: json.loads(raw), await read_body(request, cfg.max_payload_bytes))
+        doc = _parse(json.loads, await read_body(request, cfg.max_payload_bytes))
         if not isinstance(doc, dict) or not isinstance(doc.get("request_id"), str) or \
                 ("label" in doc) == ("labels" in doc):
             raise RequestFailed(422, "bad_feedback", 'send {"request_id": "<from the prediction>", "label": "<class>"} '
@@ -378,6 +382,11 @@ def create_app(service: ModelService, cfg: ServeConfig, *, challenger: ModelServ
     app.get("/v1/models/{name}")(respond("tf_status", tf_status, theirs))
     app.post("/v1/models/{name}:predict")(respond("tf_predict", tf_predict, theirs))
     return app
+
+
+def _run_on(service: ModelService, values: list) -> list:
+    """One forward pass on the model ``service`` holds now (a reload may have swapped it since decoding)."""
+    return run_batch(service.model, values)
 
 
 def _parse(parser: Callable[..., Any], *args: Any) -> Any:

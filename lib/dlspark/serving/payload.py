@@ -81,7 +81,8 @@ def multipart_instances(body: bytes, content_type: str) -> list[Instance]:
         raise PayloadError(400, "bad_multipart", "the multipart/form-data body does not parse")
     out: list[Instance] = []
     for part in message.iter_parts():
-        data = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
         name, filename = part.get_param("name", header="content-disposition"), part.get_filename()
         if filename is None:
             if name == "text":

@@ -62,7 +62,7 @@ def parse_v2_infer(body: bytes, kind: str) -> tuple[list[Instance], str | None, 
     instances = _v2_instances(tensor.get("name"), datatype, shape, data, kind)
     if not instances:
         raise PayloadError(400, "bad_instances", "the input holds no element to score")
-    wanted = [o.get("name") for o in doc.get("outputs") or [] if isinstance(o, dict)]
+    wanted = [str(o.get("name")) for o in doc.get("outputs") or [] if isinstance(o, dict)]
     if unknown := sorted(set(wanted) - set(V2_OUTPUTS)):
         raise PayloadError(400, "bad_outputs", f"unknown outputs {unknown}; this model gives {list(V2_OUTPUTS)}")
     request_id = doc.get("id")

@@ -24,7 +24,8 @@ Rollback rules, checked after every challenger observation and every label once 
 challenger requests (``min_labelled`` labels per version for accuracy) have been seen:
 
 * error rate: challenger - champion > ``max_error_rate_increase``;
-* p95 latency: challenger / champion > ``max_p95_ratio`` (when the champion has ``min_requests`` too);
+* p95 latency: challenger / champion > ``max_p95_ratio`` and challenger - champion > ``min_p95_increase_ms``
+  (when the champion has ``min_requests`` latencies too);
 * live accuracy: champion - challenger > ``max_accuracy_drop``.
 
 A rolled-back challenger answers nothing more, in any mode, until a new rollout starts.
@@ -116,6 +117,7 @@ class Decision:
     champion: dict[str, Any]
     challenger: dict[str, Any]
     at: float
+    sequence: int                       # 1 for the rollout's first decision, 2 for the next...
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class FeedbackResult:
 
     request_id: str
     labels: tuple[str, ...]
-    correct: dict[str, int]             # arm -> instances it predicted right
+    correct: dict[Arm, int]             # arm -> instances it predicted right
 
 
 def key_point(key: str) -> float:
@@ -249,14 +251,15 @@ class Rollout:
                         f"(+{increase:.2%} > serve.rollout.max_error_rate_increase={cfg.max_error_rate_increase:.2%})")
             if len(champ.latencies) >= cfg.min_requests and len(chall.latencies) >= cfg.min_requests:
                 p95_champ, p95_chall = champ.latency_ms(95) or 0.0, chall.latency_ms(95) or 0.0
-                if p95_champ > 0 and p95_chall / p95_champ > cfg.max_p95_ratio:
+                if p95_champ > 0 and p95_chall / p95_champ > cfg.max_p95_ratio \
+                        and p95_chall - p95_champ > cfg.min_p95_increase_ms:
                     return (f"p95 latency {p95_chall:.1f} ms vs champion {p95_champ:.1f} ms "
                             f"(x{p95_chall / p95_champ:.2f} > serve.rollout.max_p95_ratio={cfg.max_p95_ratio})")
         if champ.labelled >= cfg.min_labelled and chall.labelled >= cfg.min_labelled:
             drop = (champ.accuracy or 0.0) - (chall.accuracy or 0.0)
             if drop > cfg.max_accuracy_drop:
                 return (f"live accuracy {chall.accuracy:.3f} vs champion {champ.accuracy:.3f} over "
-                        f"{chall.labelled}/{champ.labelled} labels (-{drop:.3f} > "
+                        f"{chall.labelled} and {champ.labelled} labels (-{drop:.3f} > "
                         f"serve.rollout.max_accuracy_drop={cfg.max_accuracy_drop})")
         return None
 
@@ -265,7 +268,7 @@ class Rollout:
         share_before = self.share if before is None else before
         self.status = status
         decision = Decision(action, reason, share_before, self.share, self.stats[CHAMPION].as_dict(),
-                            self.stats[CHALLENGER].as_dict(), self._clock())
+                            self.stats[CHALLENGER].as_dict(), self._clock(), len(self.decisions) + 1)
         self.decisions.append(decision)
         return decision
 

@@ -6,7 +6,10 @@ Every decision of :class:`~dlspark.serving.rollout.Rollout` is recorded three wa
   ``promoted``, ``completed``), ``dlspark.rollout.decision``, ``dlspark.rollout.reason``, ``dlspark.rollout.at``
   and ``dlspark.rollout.mode`` (a restarted server reads the status: a rolled-back version gets no traffic);
 * one log line at WARNING (rollback) or INFO;
-* one row per version in ``serve.rollout.table`` (``event`` = the action), beside the periodic ``snapshot`` rows.
+* one row per version in ``serve.rollout.table`` (``event`` = the action, ``decision_seq`` its order), beside
+  the periodic ``snapshot`` rows.
+
+Decisions are recorded one at a time, in order (the app runs the recorder on one worker thread).
 
 A ``promote`` decision also moves the champion alias to the challenger (:func:`dlspark.tracking.promote`);
 a rollback leaves the champion alias where it is (the challenger never held it).
@@ -31,7 +34,8 @@ STATUS_TAG = "dlspark.rollout.status"
 RESULT_STATUS = {"rollback": "rolled_back", "promote": "promoted", "complete": "completed", "step": "running"}
 
 TABLE_SCHEMA = pa.schema([
-    ("at", pa.timestamp("ms", tz="UTC")), ("event", pa.string()), ("reason", pa.string()), ("model", pa.string()),
+    ("at", pa.timestamp("ms", tz="UTC")), ("event", pa.string()), ("decision_seq", pa.int64()), ("reason", pa.string()),
+    ("model", pa.string()),
     ("arm", pa.string()), ("version", pa.string()), ("mode", pa.string()), ("status", pa.string()),
     ("challenger_share", pa.float64()), ("requests", pa.int64()), ("errors", pa.int64()), ("error_rate", pa.float64()),
     ("p50_ms", pa.float64()), ("p95_ms", pa.float64()), ("labelled", pa.int64()), ("accuracy", pa.float64()),
@@ -75,17 +79,18 @@ class RolloutRecorder:
                 promote(self.target, self.model_name, challenger)
                 log.info("rollout: champion alias of %s moved to version %s", self.model_name, challenger)
         self.write_rows(rollout, event=decision.action, reason=decision.reason, at=decision.at,
-                        stats={"champion": decision.champion, "challenger": decision.challenger})
+                        stats={"champion": decision.champion, "challenger": decision.challenger}, sequence=decision.sequence)
 
     def write_rows(self, rollout: Rollout, *, event: str = "snapshot", reason: str | None = None,
-                   at: float | None = None, stats: dict[str, dict[str, Any]] | None = None) -> None:
+                   at: float | None = None, stats: dict[str, dict[str, Any]] | None = None,
+                   sequence: int | None = None) -> None:
         """One row per version with a version (the challenger's only while there is one) to the table."""
         if self.table_uri is None:
             return
         snap = rollout.snapshot()
         stats = stats or snap["versions"]
         when = datetime.fromtimestamp(at, timezone.utc) if at is not None else datetime.now(timezone.utc)
-        rows = [{"at": when, "event": event, "reason": reason, "model": self.model_name, "arm": arm,
+        rows = [{"at": when, "event": event, "decision_seq": sequence, "reason": reason, "model": self.model_name, "arm": arm,
                  "version": s["version"], "mode": snap["mode"], "status": snap["status"],
                  "challenger_share": snap["challenger_share"], "requests": s["requests"], "errors": s["errors"],
                  "error_rate": s["error_rate"], "p50_ms": s["p50_ms"], "p95_ms": s["p95_ms"],

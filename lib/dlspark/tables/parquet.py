@@ -76,9 +76,10 @@ def append_arrow(uri: str, rows: pa.Table) -> WriteResult:
     fs, root = resolve(uri)
     fs.makedirs(root, exist_ok=True)
     existing = first_data_file(fs, root)
-    if existing is not None and read_footer(fs, existing).schema_arrow.names != rows.schema.names:
-        raise TableError(f"{uri} holds columns {read_footer(fs, existing).schema_arrow.names}, the new rows "
-                         f"{rows.schema.names}: write to another table or move the old one away")
+    columns = read_footer(fs, existing).schema.to_arrow_schema().names if existing is not None else rows.schema.names
+    if columns != rows.schema.names:
+        raise TableError(f"{uri} holds columns {columns}, the new rows {rows.schema.names}: write to another table "
+                         "or move the old one away")
     name = f"part-{uuid.uuid4()}.c000.snappy.parquet"
     hidden, target = f"{root}/_{name}", f"{root}/{name}"
     with fs.open(hidden, "wb") as out:
