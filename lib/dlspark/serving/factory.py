@@ -12,7 +12,7 @@ from dlspark.inference.model import ModelRef, download_model, resolve_model
 from dlspark.paths import resolve_path
 from dlspark.serving.rollout_record import RolloutRecorder
 from dlspark.serving.service import ModelService, ServedModel, load_served_model
-from dlspark.tracking import resolve_tracking
+from dlspark.tracking import TrackingTarget, resolve_tracking
 
 
 @dataclass(frozen=True)
@@ -45,15 +45,15 @@ def service_from_config(cfg: AppConfig) -> ModelService:
 def versions_from_config(cfg: AppConfig) -> ServedVersions:
     """The champion, the challenger (when a rollout is configured) and the decision recorder."""
     uri, other = served_model_uri(cfg), challenger_uri(cfg)
-    recorder = None
-    if other is not None:
-        target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
-        recorder = RolloutRecorder(target, cfg.registered_model, resolve_path(cfg.paths.data_dir, cfg.serve.rollout.table))
-    return ServedVersions(_service(cfg, uri), _service(cfg, other) if other else None, recorder, uri, other)
-
-
-def _service(cfg: AppConfig, uri: str) -> ModelService:
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
+    if other is None:
+        return ServedVersions(_service(cfg, uri, target), None, None, uri, None)
+    recorder = RolloutRecorder(target, cfg.registered_model, resolve_path(cfg.paths.data_dir, cfg.serve.rollout.table))
+    return ServedVersions(_service(cfg, uri, target), _service(cfg, other, target), recorder, uri, other)
+
+
+def _service(cfg: AppConfig, uri: str, target: TrackingTarget | None = None) -> ModelService:
+    target = target or resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
     images, fallback = cfg.ingest_images, ingest_text_fallback(cfg.ingest_text)
 
     def load(ref: ModelRef) -> ServedModel:

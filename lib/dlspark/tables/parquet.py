@@ -76,10 +76,8 @@ def append_arrow(uri: str, rows: pa.Table) -> WriteResult:
     fs, root = resolve(uri)
     fs.makedirs(root, exist_ok=True)
     existing = first_data_file(fs, root)
-    columns = read_footer(fs, existing).schema.to_arrow_schema().names if existing is not None else rows.schema.names
-    if columns != rows.schema.names:
-        raise TableError(f"{uri} holds columns {columns}, the new rows {rows.schema.names}: write to another table "
-                         "or move the old one away")
+    if existing is not None:
+        _require_same_columns(uri, read_footer(fs, existing).schema.to_arrow_schema(), rows.schema)
     name = f"part-{uuid.uuid4()}.c000.snappy.parquet"
     hidden, target = f"{root}/_{name}", f"{root}/{name}"
     with fs.open(hidden, "wb") as out:
@@ -124,6 +122,10 @@ def _check_same_columns(fs: "AbstractFileSystem", uri: str, root: str, staged_ro
     if staged is None or existing is None:
         return
     new, old = (read_footer(fs, p).schema.to_arrow_schema() for p in (staged, existing))
+    _require_same_columns(uri, old, new)
+
+
+def _require_same_columns(uri: str, old: pa.Schema, new: pa.Schema) -> None:
     if [(f.name, f.type) for f in new] != [(f.name, f.type) for f in old]:
         raise TableError(
             f"the Parquet table {uri} has columns {old.names} but this run writes {new.names} (types included): "
