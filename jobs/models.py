@@ -4,12 +4,15 @@
     .venv/bin/python jobs/models.py --pipeline sentiment promote 3
     .venv/bin/python jobs/models.py rollback [--to 2] [--set mlflow.tracking_uri=http://mlflow:5000]
     .venv/bin/python jobs/models.py export-onnx [--source models:/dlspark-fashion-mnist/2] [--as dlspark-fashion-mnist-onnx]
+    .venv/bin/python jobs/models.py --pipeline sentiment export-onnx --int8 [--max-accuracy-drop 0.01]
     .venv/bin/python jobs/models.py --pipeline sentiment export-torchscript [--parity-split test] [--min-agreement 0.99]
     .venv/bin/python jobs/models.py --name dlspark-fashion-mnist-keras export-tflite [--int8]
 
 Exports are checked for parity (max |logit diff|, class agreement) on every row of --parity-split of train.table
 (resolved against paths.data_dir), as the model's extras/preprocessing.json prepares them; when that table or split
-is missing, on the source's logged input example (a warning says so). Below --min-agreement nothing is registered.
+is missing, on the source's logged input example (a warning says so). Below --min-agreement nothing is registered;
+an --int8 export is registered only when its accuracy on the split is at most --max-accuracy-drop below the source's.
+Each export run measures both models' rows/s on those rows: inference.runtime=auto scores with the fastest.
 
 The registered model is mlflow.registered_model of the pipeline's config (--name overrides it); the store is
 mlflow.tracking_uri (null = the embedded sqlite store under paths.data_dir/mlflow). Needs no Spark.
@@ -42,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         export.add_argument("--parity-split", default="test", help="split of train.table to check parity on")
         export.add_argument("--min-agreement", type=float, default=0.99, help="fewest rows with the same class")
     commands.choices["export-tflite"].add_argument("--int8", action="store_true", help="dynamic-range int8 (name <name>-tflite-int8)")
+    commands.choices["export-onnx"].add_argument("--int8", action="store_true",
+                                                 help="dynamic int8 MatMul/Gemm weights (name <name>-onnx-int8)")
+    commands.choices["export-onnx"].add_argument("--max-accuracy-drop", type=float, default=0.01,
+                                                 help="int8: most accuracy (0.01 = 1 point) it may lose on the split")
     args = parser.parse_args(argv)
     cfg = config_from_args(args, pipeline=args.pipeline)
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
@@ -74,11 +81,16 @@ def run_export(args: argparse.Namespace, cfg: Any, target: Any, name: str) -> st
     from dlspark.paths import resolve_path
 
     fmt = args.command.removeprefix("export-")
-    run = export_registered_onnx if fmt == "onnx" else export_registered_torchscript
     split = SplitSource(resolve_path(cfg.paths.data_dir, cfg.train.table), cfg.train.table_format, args.parity_split)
     source = args.source or f"models:/{name}@champion"
-    result = run(target, source, args.export_name or f"{name}-{fmt}", parity_split=split,
-                 experiment=cfg.mlflow.experiment, min_agreement=args.min_agreement)
+    options: dict[str, Any] = {"parity_split": split, "experiment": cfg.mlflow.experiment}
+    if fmt == "onnx" and args.int8:
+        fmt = "onnx-int8"   # lossy: gated by the accuracy drop; agreement is what int8 costs, reported, not gated
+        result = export_registered_onnx(target, source, args.export_name or f"{name}-{fmt}", int8=True,
+                                        max_accuracy_drop=args.max_accuracy_drop, min_agreement=0.0, **options)
+    else:
+        run = export_registered_onnx if fmt == "onnx" else export_registered_torchscript
+        result = run(target, source, args.export_name or f"{name}-{fmt}", min_agreement=args.min_agreement, **options)
     role = "champion" if result.promoted else "candidate"
     return f"exported {source} to {fmt}: {result.model_uri} ({role}); parity {result.parity}"
 

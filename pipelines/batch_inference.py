@@ -41,7 +41,7 @@ SOURCE_MODEL_TAG = "dlspark.source_model"   # set on exported versions (ONNX) to
 class ScoringReport:
     """What one batch-inference run did; ``skipped`` when the (input, model) pair was already scored."""
 
-    model: str                      # name/version (or URI when unregistered)
+    model: str                      # name/version (or URI when unregistered) of what ran: the export, with a runtime
     flavor: str
     input_table: str
     input_version: str
@@ -55,12 +55,15 @@ class ScoringReport:
     labelled: int
     train_test_accuracy: float | None
     error_reasons: dict[str, int] = field(default_factory=dict)
+    runtime: str = "source"         # source | onnx | onnx-int8 | torchscript (inference.runtime's choice)
+    runtime_reason: str = ""
 
     def describe(self) -> str:
         acc = "no labels" if self.accuracy is None else f"accuracy {self.accuracy:.4f} on {self.labelled} labelled rows"
         train = "" if self.train_test_accuracy is None else f" (training test_accuracy {self.train_test_accuracy:.4f})"
         verb = "already scored, nothing written" if self.skipped else "scored"
-        return (f"{self.model} [{self.flavor}] on {self.input_table}@{self.input_version}: {verb}; rows {self.rows} = "
+        runtime = "" if self.runtime == "source" else f", runtime {self.runtime} ({self.runtime_reason})"
+        return (f"{self.model} [{self.flavor}{runtime}] on {self.input_table}@{self.input_version}: {verb}; rows {self.rows} = "
                 f"{self.scored} predicted + {self.errors} errors; {acc}{train}; output {self.output}")
 
 
@@ -68,11 +71,11 @@ def score_table(spark: SparkSession, cfg: AppConfig, run_id: str) -> ScoringRepo
     """Score ``cfg.inference.input`` with ``cfg.inference.model`` (default: the registered model's champion)."""
     icfg = cfg.inference
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
-    bundle = load_model(target, requested_model(cfg))
+    bundle = load_model(target, requested_model(cfg), runtime=cfg.inference.runtime)
     input_uri = resolve_path(cfg.paths.data_dir, icfg.input or cfg.train.table)
     snapshot = read_table(spark, input_uri, fmt=icfg.input_format, version=icfg.input_version)
     input_version = f"v{snapshot.version}" if snapshot.version is not None else f"files-{snapshot.fingerprint[:16]}"
-    output = resolve_path(cfg.paths.data_dir, cfg.predictions_output(bundle.ref.name))
+    output = resolve_path(cfg.paths.data_dir, cfg.predictions_output(bundle.source_ref.name))
     key = scoring_key(bundle, input_uri, input_version, icfg.split, icfg.text_mode)
     marker = f"{output.rstrip('/')}/_dlspark/scoring/{key}.json"
     done = read_json(marker)
@@ -90,6 +93,7 @@ def score_table(spark: SparkSession, cfg: AppConfig, run_id: str) -> ScoringRepo
     write_table(out, output, fmt=icfg.format, mode="append", partition_by=["scored_date"], delta_writer=cfg.spark.delta_writer)
     summary = summarize(spark, output, icfg.format, key, expected_rows=rows.count(), bundle=bundle)
     summary.update(model=bundle.ref.label, model_uri=bundle.ref.uri, requested=bundle.ref.requested, flavor=bundle.flavor,
+                   source_model=bundle.source_ref.uri, runtime=bundle.runtime, runtime_reason=bundle.runtime_reason,
                    input_table=input_uri, input_version=input_version, output=output, scoring_key=key, run_id=run_id,
                    scored_date=now.date().isoformat(), train_test_accuracy=_train_test_accuracy(target, bundle))
     write_json(marker, summary)
@@ -99,7 +103,8 @@ def score_table(spark: SparkSession, cfg: AppConfig, run_id: str) -> ScoringRepo
 
 
 def unscored_rows(spark: SparkSession, rows: DataFrame, output: str, fmt: str, bundle: ModelBundle) -> DataFrame:
-    """``rows`` whose row id (``sha256`` or ``record_id``) the model version has not scored into ``output`` yet."""
+    """``rows`` whose row id (``sha256`` or ``record_id``) the model version (or the export of it that runs) has not
+    scored into ``output`` yet."""
     key = next((c for c in ("sha256", "record_id") if c in rows.columns), None)
     if key is None:
         raise ValueError(f"inference.only_new needs a row id column (sha256 or record_id); the input has {rows.columns}")
@@ -109,7 +114,8 @@ def unscored_rows(spark: SparkSession, rows: DataFrame, output: str, fmt: str, b
     if key not in done.columns:
         raise ValueError(f"inference.only_new: {output} has no {key} column to tell scored rows by; keep {key} in "
                          "inference.passthrough")
-    scored = done.where(F.col("model_uri") == bundle.ref.uri).select(key).distinct()
+    uris = sorted({bundle.ref.uri, bundle.source_ref.uri})   # rows the version scored, on any runtime
+    scored = done.where(F.col("model_uri").isin(uris)).select(key).distinct()
     return rows.join(scored, on=key, how="left_anti")
 
 
@@ -172,4 +178,5 @@ def _report(summary: Mapping[str, Any], *, skipped: bool) -> ScoringReport:
                          scoring_key=summary["scoring_key"], skipped=skipped, rows=summary["rows"],
                          scored=summary["scored"], errors=summary["errors"], accuracy=summary["accuracy"],
                          labelled=summary["labelled"], train_test_accuracy=summary.get("train_test_accuracy"),
-                         error_reasons=dict(summary.get("error_reasons") or {}))
+                         error_reasons=dict(summary.get("error_reasons") or {}),
+                         runtime=summary.get("runtime", "source"), runtime_reason=summary.get("runtime_reason", ""))

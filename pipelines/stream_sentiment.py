@@ -118,7 +118,8 @@ def stream_sentiment(spark: SparkSession, cfg: AppConfig, run_id: str, mode: Run
     check_stream_session(spark)
     if cfg.stream.source == "kafka":
         require_kafka(spark)                    # before the model download: fail fast
-    bundle = load_model(resolve_tracking(cfg.mlflow, cfg.paths.data_dir), requested_model(cfg))
+    bundle = load_model(resolve_tracking(cfg.mlflow, cfg.paths.data_dir), requested_model(cfg),
+                        runtime=cfg.inference.runtime)
     if bundle.kind != "text":
         raise ConfigError(f"stream scores text but {bundle.ref.label} is an {bundle.kind} model: "
                           "set inference.model (or mlflow.registered_model) to a sentiment model")
@@ -128,8 +129,8 @@ def stream_sentiment(spark: SparkSession, cfg: AppConfig, run_id: str, mode: Run
     trigger = _trigger(cfg.stream.trigger_seconds, mode.available_now)
     sinks = [start_file_sink(scored, "predictions", paths.output, paths, trigger),
              start_file_sink(quarantined_lines(parsed), "quarantine", paths.quarantine, paths, trigger)]
-    log.info("run %s: streaming %s -> %s (quarantine %s) with %s", run_id, paths.input, paths.output,
-             paths.quarantine, bundle.ref.label)
+    log.info("run %s: streaming %s -> %s (quarantine %s) with %s on %s (%s)", run_id, paths.input, paths.output,
+             paths.quarantine, bundle.source_ref.label, bundle.runtime_label, bundle.runtime_reason)
     aggregates = partial(start_aggregates, spark, cfg, paths, scored.schema, positive_index(cfg, bundle), trigger)
     tracker = run_queries(sinks, aggregates, mode)
     return build_report(spark, cfg, paths, bundle, tracker)

@@ -122,6 +122,41 @@ def test_batcher_refuses_when_full():
 
 # ---- the app on the tiny image model ----
 
+def test_batcher_refuses_past_its_latency_budget_at_once_and_admitted_items_keep_it():
+    """20 ms of forward pass per item, a 60 ms budget: of 40 callers, about three are admitted per wait window;
+    the rest get QueueFull at once (no waiting), and no admitted item waits much past the budget."""
+    def run(items):
+        time.sleep(0.02 * len(items))
+        return items
+
+    async def main():
+        batcher = MicroBatcher(run, max_batch=4, max_wait_ms=0, queue_size=1000, max_queue_ms=60)
+        await batcher.start()
+        await batcher.submit([0])                     # one batch measures the cost per item
+        assert batcher.item_seconds == pytest.approx(0.02, abs=0.015)
+
+        async def call(i):
+            start = time.perf_counter()
+            try:
+                batcher.admit(1)
+            except QueueFull as exc:
+                return "refused", time.perf_counter() - start, exc
+            await batcher.submit([i])
+            return "ok", time.perf_counter() - start, None
+
+        out = await asyncio.gather(*(call(i) for i in range(40)))
+        await batcher.stop()
+        return out
+
+    out = asyncio.run(main())
+    refused = [(s, e) for kind, s, e in out if kind == "refused"]
+    admitted = [s for kind, s, _ in out if kind == "ok"]
+    assert 1 <= len(admitted) <= 6 and len(refused) == 40 - len(admitted)
+    assert all(e.reason == "over_capacity" and "serve.max_queue_ms" in str(e) for _, e in refused)
+    assert max(s for s, _ in refused) < 0.02                   # refusals do not wait (a queued item waits >= 20 ms)
+    assert max(admitted) < 0.060 + 0.02 * 4 + 0.05                            # budget + one batch + slack
+
+
 def test_image_bytes_base64_and_batch_equal_direct_scoring(image_client, pixels):
     want = expected_probs(pixels)
     one = image_client.post("/predict", content=png(pixels[0]), headers={"content-type": "image/png"})
@@ -240,6 +275,24 @@ def _wait_for(check, timeout: float = 30.0) -> None:
 
 
 # ---- the text model ----
+
+def test_serving_runs_the_onnx_export_and_names_the_registered_version(tmp_path, pixels):
+    from dlspark.inference.model import download_for_runtime
+    from dlspark.models.onnx_export import export_registered_onnx
+
+    target = register_image_model(tmp_path)
+    export = export_registered_onnx(target, "models:/test-images@champion", "test-images-onnx")
+    service = ModelService(lambda: resolve_model(target, "models:/test-images@champion"),
+                           lambda ref: load_served_model(download_for_runtime(target, ref, "onnx"), resize="stretch"))
+    assert service.refresh() and not service.refresh()          # the source version is what the alias is compared to
+    with TestClient(create_app(service, FAST)) as client:
+        ready = client.get("/ready").json()
+        assert (ready["version"], ready["runtime"], ready["runtime_model"]) == (
+            "1", "onnx", f"models:/test-images-onnx/{export.version}")
+        r = client.post("/predict", content=png(pixels[2]), headers={"content-type": "image/png"}).json()
+    assert (r["model"], r["version"]) == ("test-images", "1")
+    assert r["predictions"][0]["probability"] == pytest.approx(float(expected_probs(pixels[2:3]).max()), abs=1e-5)
+
 
 def test_text_predictions_equal_batch_scoring_and_empty_text_is_422(tmp_path):
     target = register_text_model(tmp_path, max_length=16)

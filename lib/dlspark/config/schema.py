@@ -13,6 +13,7 @@ from typing import Any, Literal
 from dlspark.config.typed import ConfigError
 
 TableFormat = Literal["parquet", "delta"]
+ModelRuntime = Literal["auto", "source", "onnx", "onnx-int8", "torchscript"]   # see dlspark.inference.runtime
 _MEMORY = re.compile(r"^\d+[kmgt]?b?$", re.IGNORECASE)
 
 
@@ -294,6 +295,7 @@ class InferenceConfig:
     amp: bool = True                      # bf16 autocast on GPUs that have it
     task_cpus: int | None = None          # stage-level resource profile for the scoring stage (pyspark >= 4)
     task_gpus: float = 0.0
+    runtime: ModelRuntime = "auto"        # auto (fastest parity-checked export) | source | onnx | onnx-int8 | torchscript
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, f"inference.batch_size: must be >= 1, got {self.batch_size}")
@@ -384,9 +386,12 @@ class ServeConfig:
     max_batch: int = 32                   # requests merged into one forward pass
     max_wait_ms: float = 5.0              # how long the batcher waits to fill a batch
     queue_size: int = 256                 # pending requests before answering 503
+    max_queue_ms: float | None = 50.0     # latency budget: 503 at once when the predicted wait before the forward
+                                          # pass is longer (measured seconds per item x items ahead); null = off
     max_payload_bytes: int = 10 * 1024 * 1024
     reload_seconds: float = 30.0          # how often the alias is checked; a move reloads the model (0 = never)
     threads: int | None = None            # torch intra-op threads; null = library default
+    runtime: ModelRuntime | None = None   # like inference.runtime; null = inference.runtime
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def __post_init__(self) -> None:
@@ -394,6 +399,7 @@ class ServeConfig:
         _require(self.max_batch >= 1 and self.queue_size >= 1, "serve.max_batch and serve.queue_size: must be >= 1")
         _require(self.max_wait_ms >= 0 and self.reload_seconds >= 0, "serve.max_wait_ms and serve.reload_seconds: must be >= 0")
         _require(self.max_payload_bytes >= 1024, "serve.max_payload_bytes: must be >= 1024")
+        _require(self.max_queue_ms is None or self.max_queue_ms > 0, "serve.max_queue_ms: must be > 0 or null (off)")
 
 
 @dataclass(frozen=True)
@@ -538,6 +544,11 @@ class AppConfig:
         from dlspark.inference.model import model_uri_for
 
         return model_uri_for(model or self.registered_model, alias)
+
+    @property
+    def serve_runtime(self) -> str:
+        """The runtime serving loads: ``serve.runtime``, null = ``inference.runtime``."""
+        return self.serve.runtime or self.inference.runtime
 
     def predictions_output(self, model_name: str | None) -> str:
         """``inference.output``, null = ``tables/predictions/<model name>`` (relative to ``paths.data_dir``)."""

@@ -56,11 +56,24 @@ class ModelBundle:
     labels: tuple[str, ...]            # class names by output index
     preprocessing: Mapping[str, Any] = field(hash=False)
     train_config: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    source: ModelRef | None = None     # the version asked for, when ``ref`` is an export of it chosen as the runtime
+    runtime: str = "source"            # source | onnx | onnx-int8 | torchscript (dlspark.inference.runtime)
+    runtime_reason: str = ""
 
     @property
     def kind(self) -> str:
         """``image`` or ``text``."""
         return str(self.preprocessing["kind"])
+
+    @property
+    def source_ref(self) -> ModelRef:
+        """The registered version that was asked for (``ref`` itself unless an export of it runs)."""
+        return self.source or self.ref
+
+    @property
+    def runtime_label(self) -> str:
+        """What runs, for logs and reports: ``onnx = dlspark-x-onnx/3`` or ``source``."""
+        return self.runtime if self.source is None else f"{self.runtime} = {self.ref.label}"
 
 
 def model_uri_for(name_or_uri: str, alias: str = "champion") -> str:
@@ -125,9 +138,23 @@ def download_model(target: TrackingTarget, ref: ModelRef) -> ModelBundle:
     return fetch_model(target, ref, Path(tempfile.gettempdir()) / "dlspark-models" / digest)
 
 
-def load_model(target: TrackingTarget, uri: str) -> ModelBundle:
-    """Resolve ``uri`` to a pinned version and download it (see :func:`download_model`)."""
-    return download_model(target, resolve_model(target, uri))
+def load_model(target: TrackingTarget, uri: str, runtime: str = "source") -> ModelBundle:
+    """Resolve ``uri`` to a pinned version and download it, or the export of it that ``runtime`` picks
+    (``auto`` | ``source`` | a format: see :mod:`dlspark.inference.runtime`)."""
+    return download_for_runtime(target, resolve_model(target, uri), runtime)
+
+
+def download_for_runtime(target: TrackingTarget, ref: ModelRef, runtime: str) -> ModelBundle:
+    """:func:`download_model` of ``ref``, or of the export of it that ``runtime`` picks (``bundle.source`` = ``ref``)."""
+    from dataclasses import replace
+
+    from dlspark.inference.runtime import runtime_for
+
+    choice = runtime_for(target, ref, runtime)
+    if choice.export is None:
+        return replace(download_model(target, ref), runtime_reason=choice.reason)
+    bundle = download_model(target, choice.export)
+    return replace(bundle, source=ref, runtime=choice.format, runtime_reason=choice.reason)
 
 
 def read_bundle(ref: ModelRef, model_dir: str | Path) -> ModelBundle:

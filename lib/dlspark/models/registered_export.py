@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from dlspark.models.parity import (
+    ParityError,
     ParityReport,
     SplitSource,
     accuracy,
@@ -49,6 +50,16 @@ class Exporter:
     runner: Callable[[Path], Logits]                              # exported file -> inputs-to-logits function
     log_model: Callable[[Path, np.ndarray, Mapping[str, ExtraArtifact]], "ModelInfo"]
     suffix: str = ".bin"                                          # the exported file's extension
+    format: str | None = None                                     # FORMAT_TAG value (None = flavor), e.g. onnx-int8
+
+    @property
+    def format_tag(self) -> str:
+        return self.format or self.flavor
+
+    @property
+    def prefix(self) -> str:
+        """Metric name prefix: the format with ``-`` as ``_`` (``onnx_int8_agreement``)."""
+        return self.format_tag.replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,7 @@ class ExportResult:
 def export_registered(
     target: TrackingTarget, source_uri: str, registered_name: str, exporter: Exporter, *,
     inputs: np.ndarray | None = None, parity_split: SplitSource | None = None, experiment: str = "dlspark",
-    min_agreement: float = 0.99,
+    min_agreement: float = 0.99, max_accuracy_drop: float | None = None,
 ) -> ExportResult:
     """Export the registered pytorch model ``source_uri`` with ``exporter``; register it as ``registered_name``.
 
@@ -78,6 +89,12 @@ def export_registered(
         logged input example is used instead (logged as a warning; the run's ``parity_data`` param says which).
     min_agreement
         Fewest rows, as a fraction, that must get the source's class; below it nothing is registered.
+    max_accuracy_drop
+        Lossy exports (int8): the most the export's accuracy on the labelled parity rows may fall below the
+        source's (e.g. 0.01 = one point); it then needs labelled rows (a parity split).
+
+    Both models' speed on the parity rows (rows/s, one process, the same threads, after one warm-up batch) is
+    logged as ``source_rows_per_s`` and ``<format>_rows_per_s``: ``dlspark.inference.runtime`` picks by it.
 
     Raises
     ------
@@ -91,32 +108,59 @@ def export_registered(
     from dlspark.inference.predictors import load_torch_module
 
     pinned, metric_name, metric_value = resolve_source(target, source_uri)
-    done = existing_export(target, registered_name, pinned, exporter.flavor)
+    fmt, prefix = exporter.format_tag, exporter.prefix
+    done = existing_export(target, registered_name, pinned, prefix)
     if done is not None:
-        log.info("%s was already exported to %s as %s", pinned, exporter.flavor, done.model_uri)
+        log.info("%s was already exported to %s as %s", pinned, fmt, done.model_uri)
         return done
-    flavor = exporter.flavor
-    with start_run(target, experiment, f"{flavor}-export {pinned}", tags={SOURCE_TAG: pinned}) as run, \
-            tempfile.TemporaryDirectory(prefix=f"dlspark-{flavor}-") as tmp:
+    with start_run(target, experiment, f"{fmt}-export {pinned}", tags={SOURCE_TAG: pinned}) as run, \
+            tempfile.TemporaryDirectory(prefix=f"dlspark-{prefix}-") as tmp:
         # start_run points the fluent API (models:/ resolution included) at target
         source_dir = Path(mlflow.artifacts.download_artifacts(pinned, dst_path=str(Path(tmp) / "source")))
         model = load_torch_module(str(source_dir))  # eager when extras/model_spec.json says how to build it
         rows, labels, described = parity_rows(source_dir, source_uri, inputs, parity_split)
         path = exporter.export(model, trace_example(rows), Path(tmp) / f"model{exporter.suffix}")
-        expected = batched_logits(torch_logits(model), rows)
-        got = batched_logits(exporter.runner(path), rows)
-        parity = compare_logits(expected, got, min_agreement=min_agreement, what=f"{flavor} export {path.name}")
+        expected, source_rate = timed_logits(torch_logits(model), rows)
+        got, export_rate = timed_logits(exporter.runner(path), rows)
+        parity = compare_logits(expected, got, min_agreement=min_agreement, what=f"{fmt} export {path.name}")
+        accuracies = export_accuracies(prefix, expected, got, labels)
+        check_accuracy_drop(accuracies, prefix, max_accuracy_drop, described)
         mlflow.log_param("parity_data", described)
-        mlflow.log_metrics({f"{flavor}_max_abs_diff": parity.max_abs_diff, f"{flavor}_agreement": parity.agreement,
-                            f"{flavor}_parity_rows": parity.rows, **export_accuracies(flavor, expected, got, labels)})
+        mlflow.log_metrics({f"{prefix}_max_abs_diff": parity.max_abs_diff, f"{prefix}_agreement": parity.agreement,
+                            f"{prefix}_parity_rows": parity.rows, "source_rows_per_s": source_rate,
+                            f"{prefix}_rows_per_s": export_rate, **accuracies})
         exporter.log_model(path, rows[:4], extras_in(source_dir))
     result = register_and_promote(target, registered_name, run.info.run_id, "model", metric_name, metric_value)
-    for key, value in ((SOURCE_TAG, pinned), (FORMAT_TAG, flavor)):
+    for key, value in ((SOURCE_TAG, pinned), (FORMAT_TAG, fmt)):
         target.client().set_model_version_tag(registered_name, result.version, key, value)
-    log.info("registered %s export of %s as %s version %s (parity on %s: %s)", flavor, pinned, registered_name,
-             result.version, described, parity)
+    log.info("registered %s export of %s as %s version %s (parity on %s: %s; %.0f rows/s vs the source's %.0f)",
+             fmt, pinned, registered_name, result.version, described, parity, export_rate, source_rate)
     return ExportResult(f"models:/{registered_name}/{result.version}", result.version, result.promoted,
                         run.info.run_id, parity)
+
+
+def timed_logits(fn: Logits, rows: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+    """(:func:`batched_logits` of ``rows``, its rows/s), after one untimed warm-up batch."""
+    import time
+
+    fn(np.ascontiguousarray(rows[:batch_size]))
+    start = time.perf_counter()
+    out = batched_logits(fn, rows, batch_size)
+    return out, len(rows) / max(time.perf_counter() - start, 1e-9)
+
+
+def check_accuracy_drop(accuracies: Mapping[str, float], prefix: str, max_drop: float | None, described: str) -> None:
+    """ParityError when the export's accuracy falls more than ``max_drop`` below the source's (None: no check)."""
+    if max_drop is None:
+        return
+    if "source_accuracy" not in accuracies:
+        raise ParityError(f"a lossy export needs labelled rows to check its accuracy drop on; {described} has no "
+                          "labels: pass a parity split of the training table (--parity-split test)")
+    drop = accuracies["source_accuracy"] - accuracies[f"{prefix}_accuracy"]
+    if drop > max_drop:
+        raise ParityError(f"the {prefix} export's accuracy {accuracies[f'{prefix}_accuracy']:.4f} is {drop:.4f} below the "
+                          f"source's {accuracies['source_accuracy']:.4f} on {described} (at most {max_drop} allowed); "
+                          "nothing registered: keep the float export")
 
 
 def existing_export(target: TrackingTarget, registered_name: str, pinned: str, flavor: str = "onnx",

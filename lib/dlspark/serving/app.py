@@ -146,6 +146,10 @@ class Scorer:
         arm = self.arms.get(route.answer) or self.arms[CHAMPION]
         if not arm.service.ready:
             arm = self.arms[CHAMPION]
+        try:
+            arm.batcher.admit(len(instances))      # before decoding: a refusal past capacity costs nothing
+        except QueueFull as exc:
+            raise RequestFailed(503, exc.reason, str(exc), retry_after=exc.retry_after) from exc
         predictions = await self._score_on(arm, instances, rollout)
         rollout.record_answer(request_id, arm.name, [p["label"] for p in predictions])
         if route.shadow and CHALLENGER in self.arms:
@@ -166,7 +170,7 @@ class Scorer:
         except ModelNotReady as exc:
             raise RequestFailed(503, "not_ready", str(exc), retry_after=5) from exc
         except QueueFull as exc:
-            raise RequestFailed(503, "queue_full", str(exc), retry_after=exc.retry_after) from exc
+            raise RequestFailed(503, exc.reason, str(exc), retry_after=exc.retry_after) from exc
         except Exception as exc:  # noqa: BLE001 - the request boundary: log it, count it against the version
             log.exception("scoring on the %s failed", arm.name)
             self._observe(arm, rollout, time.perf_counter() - start, ok=False)
@@ -229,7 +233,7 @@ def create_app(service: ModelService, cfg: ServeConfig, *, challenger: ModelServ
 
     def batcher(svc: ModelService) -> MicroBatcher:
         return MicroBatcher(partial(_run_on, svc), max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
-                            queue_size=cfg.queue_size, on_batch=metrics.observe_batch)
+                            queue_size=cfg.queue_size, max_queue_ms=cfg.max_queue_ms, on_batch=metrics.observe_batch)
 
     arms: dict[Arm, ServingArm] = {name: ServingArm(name, svc, batcher(svc)) for name, svc in services.items()}
     scorer = Scorer(arms, cfg, metrics, recorder)
@@ -324,7 +328,9 @@ def create_app(service: ModelService, cfg: ServeConfig, *, challenger: ModelServ
             return JSONResponse({"ready": False, "detail": "model loading"}, status_code=503)
         model = service.model
         return JSONResponse({"ready": True, "model": model.name, "version": model.version, "kind": model.kind,
-                             "uri": model.bundle.ref.uri, "requested": model.bundle.ref.requested})
+                             "uri": model.bundle.source_ref.uri, "requested": model.bundle.ref.requested,
+                             "runtime": model.bundle.runtime, "runtime_model": model.bundle.ref.uri,
+                             "runtime_reason": model.bundle.runtime_reason})
 
     @app.get("/rollout")
     async def rollout() -> dict[str, Any]:

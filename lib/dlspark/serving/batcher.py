@@ -5,6 +5,12 @@ first pending item, keeps collecting until ``max_batch`` items or ``max_wait_ms`
 ``run_batch`` once on a dedicated thread (so the event loop keeps accepting requests meanwhile) and resolves
 every item's future with its own result. A full queue raises :class:`QueueFull` at once rather than letting
 callers wait without bound; the HTTP layer answers 503 with ``Retry-After``.
+
+Admission by latency budget (``max_queue_ms``): the batcher keeps a moving average of the forward pass's seconds
+per item, measured on its own batches, and :meth:`MicroBatcher.admit` refuses an item whose predicted wait (the
+items ahead of it, queued and running, times that cost) exceeds the budget. Past capacity the server then answers
+503 in microseconds instead of queueing work that would miss its deadline, and the admitted requests keep their
+latency: the queue never holds more than the budget's worth of work, however many clients there are.
 """
 from __future__ import annotations
 
@@ -23,10 +29,17 @@ R = TypeVar("R")
 class QueueFull(RuntimeError):
     """More items are pending than the queue holds; retry after ``retry_after`` seconds."""
 
-    def __init__(self, pending: int, capacity: int, retry_after: int = 1) -> None:
-        super().__init__(f"{pending} items pending, queue holds {capacity}: the server is saturated, retry in "
-                         f"{retry_after}s (or raise serve.queue_size / serve.max_batch)")
+    def __init__(self, pending: int, capacity: int, retry_after: int = 1, *, wait_ms: float | None = None,
+                 budget_ms: float | None = None) -> None:
+        if wait_ms is None:
+            message = (f"{pending} items pending, queue holds {capacity}: the server is saturated, retry in "
+                       f"{retry_after}s (or raise serve.queue_size / serve.max_batch)")
+        else:
+            message = (f"{pending} items ahead would wait about {wait_ms:.0f} ms, over the serve.max_queue_ms budget of "
+                       f"{budget_ms:.0f} ms: the server is at capacity, retry in {retry_after}s")
+        super().__init__(message)
         self.retry_after = retry_after
+        self.reason = "queue_full" if wait_ms is None else "over_capacity"
 
 
 class MicroBatcher(Generic[T, R]):
@@ -39,17 +52,23 @@ class MicroBatcher(Generic[T, R]):
         that item's caller only. Runs on one worker thread, never concurrently with itself.
     max_batch, max_wait_ms, queue_size
         Largest batch; how long to wait for a batch to fill once its first item arrived; most pending items.
+    max_queue_ms
+        Latency budget for the wait before an item's forward pass starts (None: only ``queue_size`` bounds it).
     on_batch
         Called with (batch size, seconds the forward pass took) after every batch, e.g. for metrics.
     """
 
     def __init__(self, run_batch: Callable[[list[T]], Sequence[R | Exception]], *, max_batch: int, max_wait_ms: float,
-                 queue_size: int, on_batch: Callable[[int, float], None] | None = None) -> None:
-        if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
-            raise ValueError(f"max_batch and queue_size must be >= 1 and max_wait_ms >= 0, got {max_batch}, "
-                             f"{queue_size}, {max_wait_ms}")
+                 queue_size: int, max_queue_ms: float | None = None,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        if max_batch < 1 or queue_size < 1 or max_wait_ms < 0 or (max_queue_ms is not None and max_queue_ms <= 0):
+            raise ValueError(f"max_batch and queue_size must be >= 1, max_wait_ms >= 0 and max_queue_ms > 0, got "
+                             f"{max_batch}, {queue_size}, {max_wait_ms}, {max_queue_ms}")
         self._run_batch = run_batch
         self.max_batch, self.max_wait, self.queue_size = max_batch, max_wait_ms / 1000.0, queue_size
+        self.budget = None if max_queue_ms is None else max_queue_ms / 1000.0
+        self.item_seconds: float | None = None   # moving average of forward-pass seconds per item (None: no batch yet)
+        self._running = 0                         # items in the forward pass now
         self._on_batch = on_batch
         self._queue: asyncio.Queue[tuple[T, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
@@ -59,6 +78,22 @@ class MicroBatcher(Generic[T, R]):
     def depth(self) -> int:
         """Items waiting for a batch (not counting the batch being run)."""
         return self._queue.qsize() if self._queue is not None else 0
+
+    def predicted_wait(self, items: int = 1) -> float:
+        """Seconds until a batch holding ``items`` more would finish: everything ahead of them, queued or running,
+        plus themselves, at the measured cost per item (0 before the first batch)."""
+        return (self.depth + self._running + items) * (self.item_seconds or 0.0)
+
+    def admit(self, items: int = 1) -> None:
+        """Raise :class:`QueueFull` now when ``items`` more would not fit the queue or the latency budget; call it
+        before decoding a request, so that a refusal costs nothing."""
+        pending = self.depth + self._running + items
+        if self.depth + items > self.queue_size:
+            raise QueueFull(pending, self.queue_size)
+        if self.budget is not None and self.depth + self._running > 0:
+            wait = self.predicted_wait(items)
+            if wait > self.budget:
+                raise QueueFull(pending, self.queue_size, wait_ms=wait * 1000, budget_ms=self.budget * 1000)
 
     async def start(self) -> None:
         """Create the queue and the worker task on the running loop."""
@@ -118,6 +153,7 @@ class MicroBatcher(Generic[T, R]):
 
     async def _run(self, batch: list[tuple[T, asyncio.Future]]) -> None:
         items = [item for item, _ in batch]
+        self._running = len(items)
         start = time.perf_counter()
         try:
             results: Sequence[Any] = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, items)
@@ -126,8 +162,12 @@ class MicroBatcher(Generic[T, R]):
         except Exception as exc:  # noqa: BLE001 - one failed forward pass fails its batch, not the server
             log.exception("batch of %d failed", len(items))
             results = [exc] * len(items)
+        seconds = time.perf_counter() - start
+        self._running = 0
+        per_item = seconds / len(items)
+        self.item_seconds = per_item if self.item_seconds is None else 0.8 * self.item_seconds + 0.2 * per_item
         if self._on_batch is not None:
-            self._on_batch(len(items), time.perf_counter() - start)
+            self._on_batch(len(items), seconds)
         for (_, fut), result in zip(batch, results):
             if fut.done():
                 continue

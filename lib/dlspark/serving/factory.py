@@ -1,14 +1,15 @@
 """The services a config describes: ``serve.model`` (or the registered model's ``serve.alias``) and, when
 ``serve.rollout.mode`` is not ``none``, the challenger (``serve.rollout.challenger``, default the registered
 model's ``serve.rollout.challenger_alias``), decoded and tokenized per the ``ingest_images`` / ``ingest_text``
-settings, plus the recorder of rollout decisions."""
+settings, plus the recorder of rollout decisions. Each version runs on the runtime ``serve.runtime`` picks
+(null = ``inference.runtime``; ``auto``: its fastest parity-checked export, see ``dlspark.inference.runtime``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from dlspark.config import AppConfig
 from dlspark.inference.inputs import ingest_text_fallback
-from dlspark.inference.model import ModelRef, download_model, resolve_model
+from dlspark.inference.model import ModelRef, download_for_runtime, resolve_model
 from dlspark.paths import resolve_path
 from dlspark.serving.rollout_record import RolloutRecorder
 from dlspark.serving.service import ModelService, ServedModel, load_served_model
@@ -57,7 +58,7 @@ def _service(cfg: AppConfig, uri: str, target: TrackingTarget | None = None) -> 
     images, fallback = cfg.ingest_images, ingest_text_fallback(cfg.ingest_text)
 
     def load(ref: ModelRef) -> ServedModel:
-        return load_served_model(download_model(target, ref), threads=cfg.serve.threads, resize=images.resize,
+        return load_served_model(download_for_runtime(target, ref, cfg.serve_runtime), threads=cfg.serve.threads, resize=images.resize,
                                  max_pixels=images.max_pixels, max_file_bytes=cfg.serve.max_payload_bytes,
                                  text_fallback=fallback, top_k=cfg.inference.top_k, batch_size=cfg.serve.max_batch)
 

@@ -60,11 +60,18 @@ class ServedModel:
 
     @property
     def name(self) -> str:
-        return self.bundle.ref.name or self.bundle.ref.uri
+        """The registered model the alias is on (also when an export of its version runs)."""
+        ref = self.bundle.source_ref
+        return ref.name or ref.uri
 
     @property
     def version(self) -> str | None:
-        return self.bundle.ref.version
+        return self.bundle.source_ref.version
+
+    @property
+    def runtime(self) -> str:
+        """What scores: ``source`` or e.g. ``onnx = dlspark-fashion-mnist-onnx/1`` (``serve.runtime``)."""
+        return self.bundle.runtime_label
 
 
 def load_served_model(bundle: ModelBundle, *, threads: int | None = None, resize: str = "center_crop",
@@ -201,10 +208,10 @@ class ModelService:
         with self._lock:
             ref = self._resolve()
             current = self._model
-            if current is not None and current.bundle.ref.uri == ref.uri:
+            if current is not None and current.bundle.source_ref.uri == ref.uri:
                 return False
             model = self._load(ref)
             self._model = model                 # the swap: one reference assignment
-            log.info("serving %s (%s) version %s%s", model.name, ref.requested, model.version,
+            log.info("serving %s (%s) version %s on %s%s", model.name, ref.requested, model.version, model.runtime,
                      "" if current is None else f", was version {current.version}")
             return True
