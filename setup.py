@@ -21,7 +21,7 @@ EXTRAS = {
     # ONNX export of image models (torch's TorchScript exporter, so no onnxscript) and onnxruntime inference.
     "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
     # REST serving (jobs/serve.py): httpx is what FastAPI's TestClient and bench/serve_bench.py talk through.
-    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus_client>=0.20", "httpx>=0.27"],
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "uvloop>=0.19", "httptools>=0.6", "prometheus_client>=0.20", "httpx>=0.27"],
     # Hyperparameter search (jobs/tune.py): Optuna study on the driver, trials on Spark executors.
     "tune": ["optuna>=4"],
     "dev": ["pytest>=8", "pytest-timeout", "ruff", "mypy", "types-PyYAML", "jupytext", "nbclient", "ipykernel"],

@@ -17,7 +17,6 @@ Both the predictions and the quarantine query read every input line and keep the
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -41,6 +40,7 @@ from dlspark.inference.streaming import (
 )
 from dlspark.paths import resolve_path
 from dlspark.spark.connect import executors_share_files, is_connect
+from dlspark.spark.stream_progress import ProgressTracker, wait_until_idle
 from dlspark.tracking import resolve_tracking
 
 if TYPE_CHECKING:
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PASSTHROUGH = ("id", "label", "event_time", "arrival_time", "source", "text")
-PROGRESS_FIGURES = ("batchId", "timestamp", "numInputRows", "inputRowsPerSecond", "processedRowsPerSecond")
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,7 @@ class StreamReport:
     labelled: int = 0
     last_progress: dict[str, dict[str, Any]] = field(default_factory=dict)
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)   # per query, per batch
+    runtime: str = "source"                 # what scored: source, or e.g. "onnx-int8 = dlspark-sentiment-onnx-int8/1"
 
     @property
     def reconciled(self) -> bool | None:
@@ -210,7 +210,7 @@ def start_aggregates(spark: SparkSession, cfg: AppConfig, paths: StreamPaths, sc
     return start_file_sink(windows, "aggregates", paths.aggregates, paths, trigger)
 
 
-def run_queries(sinks: Sequence[StreamingQuery], aggregates: Callable[[], StreamingQuery], mode: RunMode) -> "ProgressTracker":
+def run_queries(sinks: Sequence[StreamingQuery], aggregates: Callable[[], StreamingQuery], mode: RunMode) -> ProgressTracker:
     """Run as ``mode`` says; every query is stopped on return, and a failed query's error is raised."""
     queries = list(sinks)
     try:
@@ -232,76 +232,12 @@ def run_queries(sinks: Sequence[StreamingQuery], aggregates: Callable[[], Stream
             q.stop()
 
 
-def wait_until_idle(tracker: "ProgressTracker", idle_s: float, poll_s: float) -> None:
-    """Return once no query has run a batch with input, or had a trigger active, for ``idle_s`` seconds."""
-    quiet_since = time.monotonic()
-    while time.monotonic() - quiet_since < idle_s:
-        time.sleep(poll_s)
-        if tracker.poll_all().busy:
-            quiet_since = time.monotonic()
-    log.info("no input for %.1f s: stopping the queries", idle_s)
-
-
-class ProgressTracker:
-    """Collects every query's progress by batch id (``recentProgress`` keeps only the last 100)."""
-
-    def __init__(self, queries: Sequence[StreamingQuery]) -> None:
-        self.queries = list(queries)
-        self.progress: dict[str, dict[int, dict]] = {q.name: {} for q in self.queries}
-        self.busy = False
-
-    def poll_all(self) -> "ProgressTracker":
-        """Record new progress; ``busy`` = a new batch with input arrived or a trigger is running."""
-        self.busy = False
-        for q in self.queries:
-            _raise_if_failed(q)
-            seen = self.progress.setdefault(q.name, {})
-            for p in map(progress_dict, q.recentProgress):
-                if p["batchId"] not in seen:
-                    seen[p["batchId"]] = p
-                    self.busy |= p["numInputRows"] > 0
-            self.busy |= bool(q.isActive and q.status["isTriggerActive"])
-        return self
-
-    def batches(self) -> dict[str, int]:
-        return {name: len(p) for name, p in self.progress.items()}
-
-    def input_rows(self) -> dict[str, int]:
-        return {name: sum(int(x["numInputRows"]) for x in p.values()) for name, p in self.progress.items()}
-
-    def history(self) -> dict[str, list[dict[str, Any]]]:
-        """Headline figures of every batch, per query, in batch order."""
-        return {name: [_figures(p[b]) for b in sorted(p)] for name, p in self.progress.items()}
-
-    def last(self) -> dict[str, dict[str, Any]]:
-        """Headline figures of each query's last batch with input (else its last batch)."""
-        out = {}
-        for name, batches in self.history().items():
-            if batches:
-                out[name] = next((x for x in reversed(batches) if x["numInputRows"] > 0), batches[-1])
-        return out
-
-
-def progress_dict(progress: Any) -> dict[str, Any]:
-    """A batch's progress as a dict: pyspark 3.5 gives dicts; pyspark 4 gives ``StreamingQueryProgress``, whose
-    JSON lacks the computed ``numInputRows`` and rates (Spark Connect's ``p["numInputRows"]`` is None); it
-    subclasses dict, so it is told apart by its attributes."""
-    if not hasattr(progress, "numInputRows"):
-        return progress
-    return {k: getattr(progress, k) for k in (*PROGRESS_FIGURES, "durationMs")}
-
-
-def _figures(progress: dict) -> dict[str, Any]:
-    return {k: progress.get(k) for k in PROGRESS_FIGURES} | {
-        "triggerExecutionMs": progress.get("durationMs", {}).get("triggerExecution")}
-
-
 def build_report(spark: SparkSession, cfg: AppConfig, paths: StreamPaths, bundle: ModelBundle,
                  tracker: ProgressTracker) -> StreamReport:
     lines = _count(spark, paths.input, "text") if cfg.stream.source == "files" else None
     predicted = _count(spark, paths.output)
     accuracy, labelled = label_accuracy(spark.read.parquet(paths.output), bundle) if predicted else (None, 0)
-    report = StreamReport(model=bundle.ref.label, batches=tracker.batches(), input_rows=tracker.input_rows(),
+    report = StreamReport(model=bundle.ref.label, runtime=bundle.runtime_label, batches=tracker.batches(), input_rows=tracker.input_rows(),
                           predicted=predicted, accuracy=accuracy, labelled=labelled, quarantined=_count(spark, paths.quarantine),
                           windows=_count(spark, paths.aggregates), lines=lines, last_progress=tracker.last(),
                           history=tracker.history())
@@ -314,13 +250,6 @@ def build_report(spark: SparkSession, cfg: AppConfig, paths: StreamPaths, bundle
 
 def _trigger(seconds: float, available_now: bool) -> dict:
     return {"availableNow": True} if available_now else {"processingTime": f"{seconds} seconds"}
-
-
-def _raise_if_failed(query: StreamingQuery) -> None:
-    error = query.exception()
-    if error is not None:
-        raise RuntimeError(f"streaming query {query.name} failed: {error}; fix the cause and rerun (the checkpoint "
-                           "under stream.checkpoint resumes where it stopped)")
 
 
 def _count(spark: SparkSession, path: str, fmt: str = "parquet") -> int:
