@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Mapping
 
 from pyspark.sql import functions as F
 
-from dlspark.config import AppConfig
-from dlspark.inference.model import ModelBundle, load_model, requested_model, resolve_model
+from dlspark.config import AppConfig, ConfigError
+from dlspark.inference.model import ModelBundle, expected_labels, load_model, requested_model, resolve_model
 from dlspark.inference.spark_scoring import label_accuracy, score_rows
 from dlspark.ingest.outcome import CountMismatch
 from dlspark.paths import resolve_path
@@ -30,7 +30,7 @@ from dlspark.tables import delete_where, read_table, table_exists, write_table
 from dlspark.tracking import TrackingTarget, resolve_tracking
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,12 @@ class ScoringReport:
                 f"{self.scored} predicted + {self.errors} errors; {acc}{train}; output {self.output}")
 
 
-def score_table(spark: SparkSession, cfg: AppConfig, run_id: str) -> ScoringReport:
-    """Score ``cfg.inference.input`` with ``cfg.inference.model`` (default: the registered model's champion)."""
+def score_table(spark: SparkSession, cfg: AppConfig, run_id: str, bundle: ModelBundle | None = None) -> ScoringReport:
+    """Score ``cfg.inference.input`` with ``cfg.inference.model`` (default: the registered model's champion), or with
+    ``bundle`` when given (already loaded on its runtime)."""
     icfg = cfg.inference
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
-    bundle = load_model(target, requested_model(cfg), runtime=cfg.inference.runtime)
+    bundle = bundle or load_model(target, requested_model(cfg), runtime=cfg.inference.runtime)
     input_uri = resolve_path(cfg.paths.data_dir, icfg.input or cfg.train.table)
     snapshot = read_table(spark, input_uri, fmt=icfg.input_format, version=icfg.input_version)
     input_version = f"v{snapshot.version}" if snapshot.version is not None else f"files-{snapshot.fingerprint[:16]}"
@@ -100,6 +101,113 @@ def score_table(spark: SparkSession, cfg: AppConfig, run_id: str) -> ScoringRepo
     report = _report(summary, skipped=False)
     log.info("%s", report.describe())
     return report
+
+
+@dataclass(frozen=True)
+class ComparisonReport:
+    """Champion and challenger scored on the same rows, and what the roll-out split would have answered."""
+
+    champion: ScoringReport
+    challenger: ScoringReport
+    share: float                    # challenger's share of the split (serve.rollout: ab split, first canary step)
+    key: str                        # row id column the split hashes (as serving hashes x-rollout-key)
+    rows: int                       # rows both versions scored
+    agreement: float | None         # same class from both
+    challenger_rows: int            # rows the split sends to the challenger
+    split_accuracy: float | None    # accuracy of the answers the split would have given
+    labelled: int
+    path: str                       # the JSON report
+
+    def describe(self) -> str:
+        def acc(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.4f}"
+        return (f"{self.challenger.model} vs champion {self.champion.model} on {self.rows} rows: agreement "
+                f"{acc(self.agreement)}; accuracy champion {acc(self.champion.accuracy)}, challenger "
+                f"{acc(self.challenger.accuracy)}, split ({self.share:.0%} challenger by {self.key}: "
+                f"{self.challenger_rows} rows) {acc(self.split_accuracy)} on {self.labelled} labelled; report {self.path}")
+
+
+def compare_challenger(spark: SparkSession, cfg: AppConfig, run_id: str) -> ComparisonReport:
+    """Score the input with the champion and with the roll-out's challenger (``serve.rollout``), both into the
+    predictions table (each idempotent as :func:`score_table`), and write the offline comparison: agreement, both
+    accuracies, and the accuracy of the answers the split would have given, assigning each row by the sticky
+    point of its id exactly as serving assigns a request by its ``x-rollout-key``."""
+    from dataclasses import replace
+
+    from dlspark.traffic_split import start_share
+
+    other = cfg.challenger_model_uri
+    if other is None:
+        raise ConfigError("comparing with a challenger needs serve.rollout.mode ab, canary or shadow: the challenger "
+                          "(serve.rollout.challenger / challenger_alias) and the split come from there")
+    target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
+    runtime = cfg.inference.runtime
+    champion_bundle = load_model(target, requested_model(cfg), runtime=runtime)
+    challenger_bundle = load_model(target, other, runtime=runtime)
+    if champion_bundle.source_ref.uri == challenger_bundle.source_ref.uri:
+        raise ConfigError(f"the challenger {other} is the champion's own version {champion_bundle.source_ref.label}: "
+                          "point serve.rollout.challenger_alias (or challenger) at another version")
+    champion = score_table(spark, cfg, run_id, champion_bundle)
+    challenger_cfg = replace(cfg, inference=replace(cfg.inference, model=other))
+    challenger = score_table(spark, challenger_cfg, run_id, challenger_bundle)
+    share = start_share(cfg.serve.rollout)
+    pair = _paired_predictions(spark, champion, challenger, cfg.inference.format)
+    key = next(c for c in ("sha256", "record_id") if c in pair.columns)
+    arm = F.when(_sticky_point(F.col(key)) < F.lit(share), "challenger").otherwise("champion")
+    pair = pair.withColumn("arm", arm)
+    answered = pair.select("label", F.when(F.col("arm") == "challenger", F.col("challenger_prediction"))
+                           .otherwise(F.col("champion_prediction")).alias("prediction")) if "label" in pair.columns else None
+    counts = pair.agg(F.count(F.lit(1)).alias("rows"),
+                      F.sum(F.when(F.col("champion_prediction").eqNullSafe(F.col("challenger_prediction")), 1).otherwise(0)).alias("same"),
+                      F.sum(F.when(F.col("arm") == "challenger", 1).otherwise(0)).alias("to_challenger")).first()
+    rows = int(counts["rows"])
+    split_accuracy, labelled = label_accuracy(answered, champion_bundle) if answered is not None else (None, 0)
+    path = f"{champion.output.rstrip('/')}/_dlspark/comparisons/{champion.scoring_key}-{challenger.scoring_key}.json"
+    summary = {"run_id": run_id, "champion": asdict(champion), "challenger": asdict(challenger), "share": share,
+               "mode": cfg.serve.rollout.mode, "key": key, "rows": rows,
+               "agreement": int(counts["same"] or 0) / rows if rows else None,
+               "challenger_rows": int(counts["to_challenger"] or 0), "split_accuracy": split_accuracy, "labelled": labelled,
+               "by_true_label": _accuracy_by_label(pair, champion_bundle) if "label" in pair.columns else {}}
+    write_json(path, summary)
+    report = ComparisonReport(champion, challenger, share, key, rows, summary["agreement"], summary["challenger_rows"],
+                              split_accuracy, labelled, path)
+    log.info("%s", report.describe())
+    return report
+
+
+def _paired_predictions(spark: SparkSession, champion: ScoringReport, challenger: ScoringReport, fmt: str) -> DataFrame:
+    """One row per input row both scorings wrote: its id, label (when present) and both predictions."""
+    def scoring(report: ScoringReport, prefix: str) -> DataFrame:
+        df = read_table(spark, report.output, fmt=fmt).df.where(F.col("scoring_key") == report.scoring_key)
+        key = next((c for c in ("sha256", "record_id") if c in df.columns), None)
+        if key is None:
+            raise ValueError(f"{report.output} has no row id column (sha256 or record_id) to pair the two versions' "
+                             "predictions by; keep it in inference.passthrough")
+        extra = ["label"] if "label" in df.columns and prefix == "champion" else []
+        return df.select(key, *extra, F.col("prediction").alias(f"{prefix}_prediction"))
+
+    left, right = scoring(champion, "champion"), scoring(challenger, "challenger")
+    key = next(c for c in ("sha256", "record_id") if c in left.columns)
+    return left.join(right, on=key, how="inner")
+
+
+def _sticky_point(key: Column) -> Column:
+    """``dlspark.traffic_split.key_point`` as a Spark expression: the first 8 bytes of SHA-256 as a fraction of 2^64."""
+    head = F.conv(F.substring(F.sha2(key.cast("string"), 256), 1, 16), 16, 10).cast("decimal(20,0)")
+    return head.cast("double") / F.lit(2.0 ** 64)
+
+
+def _accuracy_by_label(pair: DataFrame, bundle: ModelBundle) -> dict[str, dict[str, float | int]]:
+    """Per true label: rows, and each version's accuracy on them (labels the model has a class for)."""
+    expected = expected_labels(bundle)
+    mapping = F.create_map(*[F.lit(x) for kv in expected.items() for x in kv])
+    rows = (pair.withColumn("expected", F.try_element_at(mapping, F.col("label"))).where(F.col("expected").isNotNull())
+            .groupBy("label").agg(F.count(F.lit(1)).alias("n"),
+                                  F.avg((F.col("champion_prediction") == F.col("expected")).cast("int")).alias("champion"),
+                                  F.avg((F.col("challenger_prediction") == F.col("expected")).cast("int")).alias("challenger"))
+            .collect())
+    return {r["label"]: {"rows": int(r["n"]), "champion": float(r["champion"]), "challenger": float(r["challenger"])}
+            for r in sorted(rows, key=lambda r: r["label"])}
 
 
 def unscored_rows(spark: SparkSession, rows: DataFrame, output: str, fmt: str, bundle: ModelBundle) -> DataFrame:

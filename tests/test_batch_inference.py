@@ -243,6 +243,33 @@ def test_runtime_auto_scores_the_champion_on_its_measured_faster_export(spark, i
         score_table(spark, _cfg(data, "inference.runtime=torchscript"), "r")
 
 
+def test_compare_challenger_scores_both_versions_and_reports_what_the_split_would_answer(spark, tmp_path):
+    from dlspark.traffic_split import key_point
+    from pipelines.batch_inference import compare_challenger
+
+    register_image_model(tmp_path)                                          # v1: champion
+    rotated = IMAGE_LABELS[1:] + IMAGE_LABELS[:1]                           # v2: every class named wrongly
+    register_image_model(tmp_path, labels=rotated)                          # v2: candidate
+    labels = write_image_table(tmp_path / "tables" / "images")
+    cfg = _cfg(tmp_path, "serve.rollout.mode=ab", "serve.rollout.split=0.5", "inference.runtime=source")
+    report = compare_challenger(spark, cfg, "r")
+    assert (report.champion.model, report.challenger.model) == ("test-images/1", "test-images/2")
+    good = [i for i in range(N_IMAGES) if i not in BAD]
+    assert report.rows == N_IMAGES and report.agreement == pytest.approx(len(BAD) / N_IMAGES)   # only the nulls agree
+    to_challenger = [i for i in range(N_IMAGES) if key_point(f"h{i:03d}") < 0.5]
+    assert report.challenger_rows == len(to_challenger) and 0 < len(to_challenger) < N_IMAGES
+    predicted = _model_predictions()
+    right = sum(1 for i in good if i not in to_challenger and predicted[i] == labels[i]) + \
+        sum(1 for i in good if i in to_challenger and rotated[IMAGE_LABELS.index(predicted[i])] == labels[i])
+    assert (report.labelled, report.split_accuracy) == (N_IMAGES, pytest.approx(right / N_IMAGES))
+    saved = json.loads(Path(report.path).read_text())
+    assert saved["challenger_rows"] == len(to_challenger) and set(saved["by_true_label"]) <= set(IMAGE_LABELS)
+    again = compare_challenger(spark, cfg, "r2")                            # idempotent: nothing scored twice
+    assert again.champion.skipped and again.challenger.skipped and again.rows == N_IMAGES
+    with pytest.raises(Exception, match="serve.rollout.mode"):
+        compare_challenger(spark, _cfg(tmp_path), "r")
+
+
 def test_keras_saved_model_is_scored_from_its_registered_flavor(spark, image_store):
     pytest.importorskip("tensorflow")
     from dlspark.config import MlflowConfig

@@ -546,6 +546,13 @@ class AppConfig:
         return model_uri_for(model or self.registered_model, alias)
 
     @property
+    def challenger_model_uri(self) -> str | None:
+        """``serve.rollout.challenger`` as a URI (null = ``models:/<registered_model>@<challenger_alias>``); None when
+        ``serve.rollout.mode`` is none."""
+        rollout = self.serve.rollout
+        return None if rollout.mode == "none" else self.model_uri(rollout.challenger, rollout.challenger_alias)
+
+    @property
     def serve_runtime(self) -> str:
         """The runtime serving loads: ``serve.runtime``, null = ``inference.runtime``."""
         return self.serve.runtime or self.inference.runtime

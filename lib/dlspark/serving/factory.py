@@ -32,12 +32,6 @@ def served_model_uri(cfg: AppConfig) -> str:
     return cfg.model_uri(cfg.serve.model, cfg.serve.alias)
 
 
-def challenger_uri(cfg: AppConfig) -> str | None:
-    """``serve.rollout.challenger`` as a URI (null = the registered model's ``challenger_alias``); None when off."""
-    rollout = cfg.serve.rollout
-    return None if rollout.mode == "none" else cfg.model_uri(rollout.challenger, rollout.challenger_alias)
-
-
 def service_from_config(cfg: AppConfig) -> ModelService:
     """A not yet loaded champion service for ``cfg`` (the app's lifespan loads it; ``refresh()`` loads now)."""
     return _service(cfg, served_model_uri(cfg))
@@ -45,7 +39,7 @@ def service_from_config(cfg: AppConfig) -> ModelService:
 
 def versions_from_config(cfg: AppConfig) -> ServedVersions:
     """The champion, the challenger (when a rollout is configured) and the decision recorder."""
-    uri, other = served_model_uri(cfg), challenger_uri(cfg)
+    uri, other = served_model_uri(cfg), cfg.challenger_model_uri
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
     if other is None:
         return ServedVersions(_service(cfg, uri, target), None, None, uri, None)

@@ -32,7 +32,6 @@ A rolled-back challenger answers nothing more, in any mode, until a new rollout 
 """
 from __future__ import annotations
 
-import hashlib
 import random
 import threading
 import time
@@ -43,6 +42,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from dlspark.config.schema import RolloutConfig
+from dlspark.traffic_split import key_point, start_share  # noqa: F401 - re-exported: the split's one home
 
 Arm = Literal["champion", "challenger"]
 CHAMPION: Arm = "champion"
@@ -127,11 +127,6 @@ class FeedbackResult:
     request_id: str
     labels: tuple[str, ...]
     correct: dict[Arm, int]             # arm -> instances it predicted right
-
-
-def key_point(key: str) -> float:
-    """The sticky position of a request key in [0, 1): the first 8 bytes of its SHA-256."""
-    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
 
 
 class Rollout:
