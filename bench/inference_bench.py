@@ -47,7 +47,9 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 CORES = 2
-TARGETS = {"ours_over_bare": 0.90, "ours_over_predict_batch_udf": 1.1, "ours_over_mlflow_spark_udf": 1.5}
+TARGETS = {"ours_over_bare": 0.90, "ours_over_predict_batch_udf": 1.1, "ours_over_mlflow_spark_udf": 1.5,
+           "ours_over_ours_source": 1.8, "ours_over_ray_data": 1.2}
+RAY_PYTHON = REPO / ".venv-ray" / "bin" / "python"
 MODELS = {"image": ("models:/dlspark-fashion-mnist@champion", "images", ["pixels", "shape"]),
           "text": ("models:/dlspark-sentiment@champion", "text", ["input_ids", "attention_mask"])}
 DESIGN = {
@@ -55,7 +57,14 @@ DESIGN = {
             "float normalisation, inference_mode, softmax; text in windows of the Arrow batch size sorted by length, "
             "each forward pass cut to its longest row (the work ours does)",
     "ours": "score_dataframe (mapInArrow) on spark.read.parquet of the table, every prediction column "
-            "(class, index, probability, probabilities, top-3, error)",
+            "(class, index, probability, probabilities, top-3, error), on the runtime inference.runtime=auto picks "
+            "(the fastest parity-checked export of the champion, measured at export)",
+    "ours_source": "the same score_dataframe on the champion version itself (eager torch): today's default before "
+                   "the runtime choice",
+    "ray_data": "Ray Data 2.58 in its own venv (pyarrow >= 17): read_parquet of the same files -> map_batches with an "
+                "actor pool of 2 actors x 1 CPU, each one onnxruntime session (1 thread) of the same ONNX export ours "
+                "runs; class, index, probability and probabilities out, consumed by iter_batches; each round builds "
+                "the dataset anew (actors start inside it, as a Ray Data job does); its rounds run after the Spark ones",
     "predict_batch_udf": "make_predict_fn loads the same eager module once per worker; images: pixels (binary) "
                          "turned into a normalised array<float> inside the timed query by a pandas UDF (predict_batch_udf "
                          "takes no binary column); text: input_ids + attention_mask, each batch cut to its longest row "
@@ -171,8 +180,9 @@ def make_predict_fn(model_dir: str, kind: str) -> Callable:
     return make
 
 
-def contenders(spark, bundle, batch: int) -> dict[str, Callable[[Any], Any]]:  # noqa: ANN001
-    """Name -> input DataFrame -> the contender's scored DataFrame (built lazily: one failing setup is recorded)."""
+def contenders(spark, bundle, batch: int, fast: Any) -> dict[str, Callable[[Any], Any]]:  # noqa: ANN001
+    """Name -> input DataFrame -> the contender's scored DataFrame (built lazily: one failing setup is recorded).
+    ``fast``: the bundle on the runtime ``auto`` picks (ours); ``bundle``: the champion itself (everyone else)."""
     import mlflow
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
@@ -185,6 +195,10 @@ def contenders(spark, bundle, batch: int) -> dict[str, Callable[[Any], Any]]:  #
     made: dict[str, Any] = {}
 
     def ours(df: Any) -> Any:
+        spec = scoring_spec(fast, passthrough=("row_id",), batch_size=batch, device="cpu")
+        return score_dataframe(df, spec).withColumnRenamed("probabilities", "probs")
+
+    def ours_source(df: Any) -> Any:
         spec = scoring_spec(bundle, passthrough=("row_id",), batch_size=batch, device="cpu")
         return score_dataframe(df, spec).withColumnRenamed("probabilities", "probs")
 
@@ -203,7 +217,7 @@ def contenders(spark, bundle, batch: int) -> dict[str, Callable[[Any], Any]]:  #
                F.concat(F.col("input_ids").cast("array<bigint>"), F.col("attention_mask").cast("array<bigint>")))
         return df.select("row_id", made["mlflow"](col).alias("probs"))
 
-    return {"ours": ours, "predict_batch_udf": pbu, "mlflow_spark_udf": mlflow_udf}
+    return {"ours": ours, "ours_source": ours_source, "predict_batch_udf": pbu, "mlflow_spark_udf": mlflow_udf}
 
 
 def run_noop(df: Any) -> None:
@@ -241,6 +255,7 @@ def bench_model(spark, kind: str, rows: int, args: argparse.Namespace) -> dict: 
     mlflow.set_tracking_uri(target.tracking_uri)
     mlflow.set_registry_uri(target.registry_uri or target.tracking_uri)
     bundle = load_model(target, uri)
+    fast = load_model(target, uri, runtime="auto")
     pre = dict(bundle.preprocessing)
     path = write_bench_table(REPO / "data" / "tables" / table, args.workdir / table, columns, rows)
     shape = [int(s) for s in pre["image_shape"]] if kind == "image" else []
@@ -263,7 +278,7 @@ def bench_model(spark, kind: str, rows: int, args: argparse.Namespace) -> dict: 
     agreement: dict[str, dict] = {}
     frame = spark.read.parquet(str(path))
     checked = frame.where(f"row_id < {min(args.check_rows, rows)}")   # filtered before scoring, for every contender
-    for name, build in contenders(spark, bundle, args.batch_size).items():
+    for name, build in contenders(spark, bundle, args.batch_size, fast).items():
         try:
             run_noop(build(frame))   # warm-up
             agreement[name] = check_agreement(name, build(checked), bare_out["probs"], min(args.check_rows, rows))
@@ -274,6 +289,12 @@ def bench_model(spark, kind: str, rows: int, args: argparse.Namespace) -> dict: 
             log.error("%s on %s failed: %s", name, kind, exc)
             errors[name] = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-2000:]
     rates = timed_rounds(runs, rows, args.repeat)
+    ray = ray_contender(kind, path, fast, args, bare_out["probs"])
+    if "rates" in ray:
+        rates["ray_data"] = ray.pop("rates")
+        agreement["ray_data"] = ray.pop("agreement")
+    elif "error" in ray:
+        errors["ray_data"] = ray["error"]
     median = {name: round(statistics.median(r), 1) for name, r in rates.items()}
     for name, rate in median.items():
         log.info("%s %s: %.1f rows/s", kind, name, rate)
@@ -281,11 +302,39 @@ def bench_model(spark, kind: str, rows: int, args: argparse.Namespace) -> dict: 
               if name != "ours" and "ours" in median}
     return {
         "kind": kind, "model": bundle.ref.label, "model_uri": bundle.ref.uri, "rows": rows,
+        "runtime": fast.runtime_label, "runtime_reason": fast.runtime_reason, "ray": ray,
         "data": f"{table} test split tiled to {rows} rows, {len(list(path.glob('*.parquet')))} Parquet files",
         "partitions": frame.rdd.getNumPartitions(), "batch_size": args.batch_size,
         "arrow_batch": window, "rows_per_s": median, "run_rates": {k: [round(v, 1) for v in r] for k, r in rates.items()},
         "ratios": ratios, "agreement": agreement, "errors": errors, "mlflow_load_s": round(mlflow_load_s, 2),
     }
+
+
+def ray_contender(kind: str, path: Path, fast: Any, args: argparse.Namespace, bare: np.ndarray) -> dict:
+    """Rates of ``bench/ray_inference.py`` under .venv-ray on the same files and ONNX model, and its class agreement
+    with the bare loop on the first rows; ``{"skipped": why}`` or ``{"error": ...}`` when it cannot run."""
+    import subprocess
+
+    if fast.flavor != "onnx":
+        return {"skipped": f"ours runs {fast.runtime_label}: the Ray contender runs the same ONNX export only"}
+    if not RAY_PYTHON.exists():
+        return {"skipped": "no .venv-ray (bench/setup_ray_venv.sh)"}
+    cmd = [str(RAY_PYTHON), str(REPO / "bench" / "ray_inference.py"), kind, str(path), fast.local_dir,
+           "--cores", str(CORES), "--batch-size", str(args.batch_size), "--repeat", str(args.repeat),
+           "--check-rows", str(args.check_rows)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+    if done.returncode != 0:
+        return {"error": done.stderr[-2000:]}
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    check = np.asarray(out.pop("check"))
+    ref = bare[:len(check)]
+    same = check == ref.argmax(1)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    real = ~same & (top2[:, 1] - top2[:, 0] > 1e-3)
+    if real.any() or out["rows"] != len(bare):
+        raise DisagreementError(f"ray_data disagrees with the bare loop: {int(real.sum())} clear mismatches, "
+                                f"{out['rows']} rows of {len(bare)}")
+    return {**out, "agreement": {"rows": int(len(check)), "same_class": float(same.mean())}}
 
 
 def timed_rounds(runs: dict[str, Callable[[], None]], rows: int, repeat: int) -> dict[str, list[float]]:

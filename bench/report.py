@@ -246,8 +246,11 @@ Machine: {m['cpu']}; Python {m['python']}, pyspark {m['pyspark']}, torch {m['tor
 """
 
 
-INFERENCE_CONTENDERS = (("bare", "bare single-process loop"), ("ours", "dlspark score_dataframe (mapInArrow)"),
-                        ("predict_batch_udf", "pyspark predict_batch_udf"), ("mlflow_spark_udf", "mlflow.pyfunc.spark_udf"))
+INFERENCE_CONTENDERS = (("bare", "bare single-process loop (eager torch)"),
+                        ("ours", "dlspark score_dataframe (mapInArrow), runtime auto"),
+                        ("ours_source", "dlspark score_dataframe on the torch version (no runtime choice)"),
+                        ("predict_batch_udf", "pyspark predict_batch_udf"), ("mlflow_spark_udf", "mlflow.pyfunc.spark_udf"),
+                        ("ray_data", "Ray Data map_batches, actor pool, same ONNX"))
 
 
 def _inference_section(r: dict) -> str:
@@ -257,6 +260,8 @@ def _inference_section(r: dict) -> str:
         rates, ratios, errors = res["rows_per_s"], res["ratios"], res.get("errors", {})
         lines = []
         for key, label in INFERENCE_CONTENDERS:
+            if key not in rates and key not in errors:
+                continue
             if key in errors:
                 lines.append(f"| {label} | could not run: {errors[key].splitlines()[-1][:160]} | | |")
                 continue
@@ -270,7 +275,8 @@ def _inference_section(r: dict) -> str:
 ### {res['kind']}: {res['model']} on {res['data']}
 
 {res['partitions']} partitions, batch {res['batch_size']} rows per forward pass, Arrow batches of {res['arrow_batch']} rows;
-mlflow model load {res['mlflow_load_s']} s (paid by spark_udf in every task).
+mlflow model load {res['mlflow_load_s']} s (paid by spark_udf in every task). Ours ran on {res.get('runtime', 'source')}
+({res.get('runtime_reason', 'no runtime choice')}).
 
 | contender | rows/s | ours / this | same class as bare |
 | --- | --- | --- | --- |
