@@ -84,16 +84,20 @@ def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 120.0) -> dic
 REQUEST_HEAD = b"POST /predict HTTP/1.1\r\nHost: bench\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n"
 
 
-async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
-    """Send one prepared HTTP/1.1 request on a keep-alive connection; the response's status (body read, dropped)."""
+async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, float]:
+    """Send one prepared HTTP/1.1 request on a keep-alive connection; (status, Retry-After seconds or 0); the body is
+    read and dropped."""
     writer.write(request)
     status = int((await reader.readline()).split()[1])
-    length = 0
+    length, retry_after = 0, 0.0
     while (line := await reader.readline()) not in (b"\r\n", b""):
-        if line[:15].lower() == b"content-length:":
+        name = line[:line.find(b":")].lower()
+        if name == b"content-length":
             length = int(line[15:])
+        elif name == b"retry-after":
+            retry_after = float(line[12:])
     await reader.readexactly(length)
-    return status
+    return status, retry_after
 
 
 class Tally:
@@ -121,10 +125,13 @@ class Tally:
                 "errors": sum(v for k, v in counts.items() if k not in ("200", "503"))}
 
 
-def drive(port: int, images: list[bytes], concurrency: int, seconds: float, warmup: float) -> dict:
+def drive(port: int, images: list[bytes], concurrency: int, seconds: float, warmup: float,
+          honour_retry_after: bool = True) -> dict:
     """``concurrency`` keep-alive connections, each posting images back to back (closed loop) for
     ``warmup + seconds``; latencies of the requests sent after ``warmup``. The client is one asyncio loop writing
-    prepared request bytes, so its own CPU (it shares the machine with the server) stays small."""
+    prepared request bytes, so its own CPU (it shares the machine with the server) stays small. After a 503 a
+    client waits the answer's ``Retry-After`` (as retrying HTTP clients do, e.g. urllib3's ``Retry``) unless
+    ``honour_retry_after`` is False (every client retries at once: a retry storm)."""
     requests = [REQUEST_HEAD % len(b) + b for b in images]
     tally = Tally()
 
@@ -133,8 +140,9 @@ def drive(port: int, images: list[bytes], concurrency: int, seconds: float, warm
         i = k
         try:
             while (now := time.perf_counter()) < stop_at:
+                retry_after = 0.0
                 try:
-                    status = await post(reader, writer, requests[i % len(requests)])
+                    status, retry_after = await post(reader, writer, requests[i % len(requests)])
                 except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
                     status = -1
                     writer.close()
@@ -142,6 +150,8 @@ def drive(port: int, images: list[bytes], concurrency: int, seconds: float, warm
                 if now >= measure_from:
                     tally.add(status, time.perf_counter() - now)
                 i += concurrency
+                if status == 503 and honour_retry_after and retry_after > 0:
+                    await asyncio.sleep(min(retry_after, max(0.0, stop_at - time.perf_counter())))
         finally:
             writer.close()
 
@@ -176,7 +186,7 @@ def soak(port: int, images: list[bytes], rate: float, seconds: float, connection
                 if delay > 0:
                     await asyncio.sleep(delay)
                 try:
-                    status = await post(reader, writer, requests[(k + n * connections) % len(requests)])
+                    status, _ = await post(reader, writer, requests[(k + n * connections) % len(requests)])
                 except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
                     status = -1
                     writer.close()
@@ -240,6 +250,7 @@ def main() -> None:
     parser.add_argument("--soak-fraction", type=float, default=0.8,
                         help="soak rate as a fraction of capacity (the best requests/s of a level within the p95 target)")
     parser.add_argument("--soak-connections", type=int, default=32)
+    parser.add_argument("--storm", action="store_true", help="clients retry a 503 at once instead of after Retry-After")
     parser.add_argument("--out", default=str(ROOT / "bench/results/serve.json"))
     args = parser.parse_args()
     images = test_pngs(ROOT / "data/tables/images", args.images)
@@ -254,7 +265,7 @@ def main() -> None:
         levels = []
         for c in args.concurrency:
             before = server_metric(base, "dlspark_serve_batch_size_")
-            level = drive(port, images, c, args.seconds, args.warmup)
+            level = drive(port, images, c, args.seconds, args.warmup, honour_retry_after=not args.storm)
             after = server_metric(base, "dlspark_serve_batch_size_")
             batches = after.get("dlspark_serve_batch_size_count", 0) - before.get("dlspark_serve_batch_size_count", 0)
             items = after.get("dlspark_serve_batch_size_sum", 0) - before.get("dlspark_serve_batch_size_sum", 0)
@@ -279,6 +290,7 @@ def main() -> None:
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": f"{ready['model']}/{ready['version']} ({ready['uri']})", "startup_s": startup_s,
         "server": f"jobs/serve.py --pipeline image_classification {' '.join(extra)}".strip(),
+        "retry_after": "ignored: clients retry a 503 at once" if args.storm else "honoured: a client waits Retry-After after a 503",
         "request": f"one PNG per POST /predict ({len(images)} real test images, {int(np.mean([len(b) for b in images]))} "
                    "bytes on average), keep-alive httpx client per thread",
         "p95_target_ms": P95_TARGET_MS, "levels": levels, "capacity_rps": capacity, "soak": soaked,

@@ -157,6 +157,30 @@ def test_batcher_refuses_past_its_latency_budget_at_once_and_admitted_items_keep
     assert max(admitted) < 0.060 + 0.02 * 4 + 0.05                            # budget + one batch + slack
 
 
+def test_admission_gate_refuses_by_littles_law_and_admits_without_evidence():
+    from dlspark.serving.batcher import AdmissionGate
+
+    gate = AdmissionGate(budget_ms=50)
+    for _ in range(100):                           # just after an idle spell: no rate known, all admitted
+        gate.enter()
+    assert gate.in_flight == 100 and gate.rate() is None
+    for _ in range(100):
+        gate.leave()
+    now = time.monotonic()
+    gate._done.clear()
+    gate._done.extend(now - 0.1 + i * 0.001 for i in range(100))    # 100 answers in the last 0.1 s: 1000/s
+    gate.in_flight = 40
+    gate.enter()                                   # 41 ahead / 1000 per s = 41 ms: within 50
+    with pytest.raises(QueueFull, match="serve.max_queue_ms") as refused:
+        for _ in range(20):
+            gate.enter()
+    admitted = gate.in_flight                      # refused about 50 ahead: (50 + 1) / ~1000 per s > 50 ms
+    assert refused.value.reason == "over_capacity" and 45 <= admitted <= 50
+    gate.leave(answered=False)
+    assert gate.in_flight == admitted - 1 and len(gate._done) == 100      # a refusal further on is not an answer
+    assert AdmissionGate(budget_ms=None).predicted_wait() == 0.0
+
+
 def test_image_bytes_base64_and_batch_equal_direct_scoring(image_client, pixels):
     want = expected_probs(pixels)
     one = image_client.post("/predict", content=png(pixels[0]), headers={"content-type": "image/png"})

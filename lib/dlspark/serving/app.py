@@ -20,6 +20,7 @@ checks its alias every ``reload_seconds``; a swap of either version starts a fre
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -35,7 +36,7 @@ from fastapi.responses import JSONResponse, Response
 
 from dlspark.config.schema import ServeConfig
 from dlspark.serving import protocols
-from dlspark.serving.batcher import MicroBatcher, QueueFull
+from dlspark.serving.batcher import AdmissionGate, MicroBatcher, QueueFull
 from dlspark.serving.metrics import ServingMetrics
 from dlspark.serving.payload import Instance, PayloadError, parse_payload
 from dlspark.serving.rollout import CHALLENGER, CHAMPION, Arm, Decision, DuplicateFeedback, Rollout, UnknownRequest
@@ -79,6 +80,7 @@ class Scorer:
     def __init__(self, arms: dict[Arm, ServingArm], cfg: ServeConfig, metrics: ServingMetrics,
                  recorder: RolloutRecorder | None) -> None:
         self.arms, self.cfg, self.metrics, self.recorder = arms, cfg, metrics, recorder
+        self.gate = AdmissionGate(cfg.max_queue_ms)     # the whole server-side wait (event loop, decode, batch)
         self.rollout = Rollout(replace(cfg.rollout, mode="none"), None, None)
         self._tasks: set[asyncio.Task] = set()
         self._records = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlspark-rollout-record")  # in order
@@ -147,10 +149,18 @@ class Scorer:
         if not arm.service.ready:
             arm = self.arms[CHAMPION]
         try:
-            arm.batcher.admit(len(instances))      # before decoding: a refusal past capacity costs nothing
+            self.gate.enter()                      # before decoding: a refusal past capacity costs nothing
         except QueueFull as exc:
             raise RequestFailed(503, exc.reason, str(exc), retry_after=exc.retry_after) from exc
-        predictions = await self._score_on(arm, instances, rollout)
+        try:
+            arm.batcher.admit(len(instances))
+        except QueueFull as exc:
+            self.gate.leave(answered=False)
+            raise RequestFailed(503, exc.reason, str(exc), retry_after=exc.retry_after) from exc
+        try:
+            predictions = await self._score_on(arm, instances, rollout)
+        finally:
+            self.gate.leave()
         rollout.record_answer(request_id, arm.name, [p["label"] for p in predictions])
         if route.shadow and CHALLENGER in self.arms:
             self._shadow(instances, request_id, predictions, rollout)
@@ -245,6 +255,7 @@ def create_app(service: ModelService, cfg: ServeConfig, *, challenger: ModelServ
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        freeze_heap()
         for arm in arms.values():
             await arm.batcher.start()
         tasks = [asyncio.create_task(keep_model_fresh(arm.service, cfg.reload_seconds, metrics, scorer, arm.name),
@@ -451,6 +462,15 @@ async def _refresh(service: ModelService, metrics: ServingMetrics, scorer: Score
         metrics.reloads.labels(outcome="loaded").inc()
         if arm == CHAMPION:
             metrics.set_model(service.model.name, service.model.version)
+        freeze_heap()
+
+
+def freeze_heap() -> None:
+    """Move everything alive now (torch, mlflow, pyarrow, the loaded model: millions of objects) out of the cyclic
+    garbage collector's reach: a full collection over them otherwise stalls every request for hundreds of ms now
+    and then. Objects made later are collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 async def write_rollout_rows(scorer: Scorer, recorder: RolloutRecorder, seconds: float) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
@@ -35,11 +36,53 @@ class QueueFull(RuntimeError):
             message = (f"{pending} items pending, queue holds {capacity}: the server is saturated, retry in "
                        f"{retry_after}s (or raise serve.queue_size / serve.max_batch)")
         else:
-            message = (f"{pending} items ahead would wait about {wait_ms:.0f} ms, over the serve.max_queue_ms budget of "
-                       f"{budget_ms:.0f} ms: the server is at capacity, retry in {retry_after}s")
+            message = (f"{pending} requests or items ahead would wait about {wait_ms:.0f} ms, over the serve.max_queue_ms "
+                       f"budget of {budget_ms:.0f} ms: the server is at capacity, retry in {retry_after}s")
         super().__init__(message)
         self.retry_after = retry_after
         self.reason = "queue_full" if wait_ms is None else "over_capacity"
+
+
+class AdmissionGate:
+    """Latency budget over the whole server-side wait, by Little's law: requests in flight (admitted, not yet
+    answered) divided by the rate they are being answered (completions in the last ``window_s``) is how long a
+    new request would take. Over ``budget_ms`` the gate refuses it (:class:`QueueFull`), before any work is done
+    for it. It sees what the batcher's own queue does not: requests that wait for the event loop or the GIL
+    (decoding, HTTP) when the CPU, not the model, is the bottleneck."""
+
+    def __init__(self, budget_ms: float | None, window_s: float = 1.0, min_samples: int = 16) -> None:
+        self.budget = None if budget_ms is None else budget_ms / 1000.0
+        self.window, self.min_samples = window_s, min_samples
+        self.in_flight = 0
+        self._done: deque[float] = deque()
+
+    def rate(self, now: float | None = None) -> float | None:
+        """Requests answered per second over the span the last window's completions cover; None with fewer than
+        ``min_samples`` of them (after an idle spell there is no evidence yet, so everything is admitted)."""
+        now = time.monotonic() if now is None else now
+        while self._done and self._done[0] < now - self.window:
+            self._done.popleft()
+        if len(self._done) < self.min_samples:
+            return None
+        return len(self._done) / max(now - self._done[0], 1e-3)
+
+    def predicted_wait(self) -> float:
+        rate = self.rate()
+        return (self.in_flight + 1) / rate if rate else 0.0
+
+    def enter(self) -> None:
+        """Admit one request (raise :class:`QueueFull` when it would miss the budget)."""
+        if self.budget is not None and self.in_flight > 0:
+            wait = self.predicted_wait()
+            if wait > self.budget:
+                raise QueueFull(self.in_flight + 1, self.in_flight, wait_ms=wait * 1000, budget_ms=self.budget * 1000)
+        self.in_flight += 1
+
+    def leave(self, answered: bool = True) -> None:
+        """One admitted request is done; ``answered`` False (refused further on) does not count toward the rate."""
+        self.in_flight -= 1
+        if answered:
+            self._done.append(time.monotonic())
 
 
 class MicroBatcher(Generic[T, R]):
