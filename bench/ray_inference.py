@@ -2,8 +2,9 @@
 
     .venv-ray/bin/python bench/ray_inference.py image PARQUET_DIR MODEL_DIR --cores 2 --batch-size 256 --repeat 3
 
-``read_parquet`` -> ``map_batches`` with an actor pool of ``cores`` actors (one CPU, one onnxruntime intra-op
-thread each: what a Spark task of ours gets) running the same ONNX file ours runs, on the same Parquet files;
+``read_parquet`` -> ``map_batches`` with an actor pool of ``cores`` actors (one onnxruntime intra-op
+thread each, what a Spark task of ours gets; 0.5 logical CPU each, read tasks 0.5 too, so that both fit in
+Ray's 2 logical CPUs: with 1 CPU per actor the read tasks never got scheduled and the job hung) running the same ONNX file ours runs, on the same Parquet files;
 each batch's probabilities, class index and class name come back, and the stream is consumed without a sink
 (``iter_batches``, as ours ends in Spark's ``noop``). Images: uint8 pixels normalised with the model's mean/std
 (extras/preprocessing.json), NCHW float32; text: input_ids + attention_mask stacked [B, 2, L], each batch cut to its
@@ -76,9 +77,9 @@ def main() -> None:
     columns = ["row_id", "pixels"] if args.kind == "image" else ["row_id", "input_ids", "attention_mask"]
 
     def dataset():  # noqa: ANN202
-        return ray.data.read_parquet(args.parquet, columns=columns).map_batches(
+        return ray.data.read_parquet(args.parquet, columns=columns, ray_remote_args={"num_cpus": 0.5}).map_batches(
             OnnxScorer, fn_constructor_args=(args.model_dir, args.kind), batch_size=args.batch_size,
-            batch_format="numpy", concurrency=args.cores, num_cpus=1)
+            batch_format="numpy", concurrency=args.cores, num_cpus=0.5)
 
     warm = time.perf_counter()
     checked: dict[int, int] = {}

@@ -140,6 +140,7 @@ def run(args: argparse.Namespace, rate: float) -> dict:
     sets = [f"paths.data_dir={data_dir}", f"stream.input={work}/landing", f"stream.output={work}/tables/predictions",
             f"stream.quarantine={work}/tables/quarantine", f"stream.aggregates={work}/tables/aggregates",
             f"stream.checkpoint={work}/checkpoints", f"stream.trigger_seconds={args.trigger}",
+            f"stream.side_trigger_seconds={args.side_trigger}",
             f"stream.score_partitions={CORES}", f"inference.runtime={args.runtime}"]
     if args.model:
         sets.append(f"inference.model={args.model}")
@@ -203,6 +204,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="how long the generator writes")
     parser.add_argument("--tick", type=float, default=1.0, help="seconds between input files")
     parser.add_argument("--trigger", type=float, default=1.0, help="stream.trigger_seconds")
+    parser.add_argument("--side-trigger", type=float, default=5.0, help="stream.side_trigger_seconds")
     parser.add_argument("--idle", type=float, default=10.0, help="stop once the input has been idle this long")
     parser.add_argument("--data-dir", default=None, help="paths.data_dir holding the MLflow store (default: the work dir)")
     parser.add_argument("--model", default=None, help="inference.model URI (default: the registered champion)")

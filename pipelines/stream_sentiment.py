@@ -127,11 +127,12 @@ def stream_sentiment(spark: SparkSession, cfg: AppConfig, run_id: str, mode: Run
     parsed = read_messages(spark, cfg, paths).transform(partial(parse_messages, fields=message_fields(cfg)))
     scored = score_messages(spark, valid_messages(parsed), cfg, bundle)
     trigger = _trigger(cfg.stream.trigger_seconds, mode.available_now)
+    side = _trigger(cfg.stream.side_trigger_seconds, mode.available_now)   # quarantine and aggregates
     sinks = [start_file_sink(scored, "predictions", paths.output, paths, trigger),
-             start_file_sink(quarantined_lines(parsed), "quarantine", paths.quarantine, paths, trigger)]
+             start_file_sink(quarantined_lines(parsed), "quarantine", paths.quarantine, paths, side)]
     log.info("run %s: streaming %s -> %s (quarantine %s) with %s on %s (%s)", run_id, paths.input, paths.output,
              paths.quarantine, bundle.source_ref.label, bundle.runtime_label, bundle.runtime_reason)
-    aggregates = partial(start_aggregates, spark, cfg, paths, scored.schema, positive_index(cfg, bundle), trigger)
+    aggregates = partial(start_aggregates, spark, cfg, paths, scored.schema, positive_index(cfg, bundle), side)
     tracker = run_queries(sinks, aggregates, mode)
     return build_report(spark, cfg, paths, bundle, tracker)
 

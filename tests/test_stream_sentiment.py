@@ -144,7 +144,7 @@ def model_store(tmp_path_factory):
 
 def _job(data_dir: Path, log: Path) -> subprocess.Popen:
     sets = [f"paths.data_dir={data_dir}", "mlflow.registered_model=test-sentiment", "stream.max_files_per_trigger=1",
-            "stream.trigger_seconds=0.5", "spark.master=local[2]", "spark.driver_memory=1g", "spark.shuffle_partitions=2",
+            "stream.trigger_seconds=0.5", "stream.side_trigger_seconds=0.5", "spark.master=local[2]", "spark.driver_memory=1g", "spark.shuffle_partitions=2",
             "spark.arrow_max_records_per_batch=64"]
     cmd = [sys.executable, "jobs/stream_sentiment.py", "--pipeline", "sentiment", "--until-idle", "4"]
     cmd += [x for s in sets for x in ("--set", s)]
@@ -199,7 +199,7 @@ def test_window_counts_sum_to_predictions_in_closed_windows(spark, model_store):
     cfg = load_config(pipeline="sentiment", overrides=[
         f"paths.data_dir={model_store}", "mlflow.registered_model=test-sentiment", f"stream.input={root}/in",
         f"stream.output={root}/predictions", f"stream.quarantine={root}/quarantine", f"stream.aggregates={root}/agg",
-        f"stream.checkpoint={root}/checkpoints", "stream.trigger_seconds=0.5", "stream.window=1 minute",
+        f"stream.checkpoint={root}/checkpoints", "stream.trigger_seconds=0.5", "stream.side_trigger_seconds=0.5", "stream.window=1 minute",
         "stream.watermark=2 minutes"])
     messages = list(synthetic_messages(120, start=START, spacing_s=2))           # 4 minutes, 30 per window
     late = message("late", "moves the watermark to 00:08", START + timedelta(minutes=10), "positive")

@@ -323,6 +323,7 @@ class StreamConfig:
     format: TableFormat = "parquet"
     checkpoint: str = "checkpoints/stream"
     trigger_seconds: float = 5.0
+    side_trigger_seconds: float = 10.0    # trigger of the quarantine and aggregates queries (they share the cores)
     max_files_per_trigger: int = 100
     score_partitions: int | None = None   # spread each micro-batch over this many scoring tasks; null = as read
     window: str = "1 minute"
@@ -330,6 +331,7 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         _require(self.trigger_seconds >= 0, "stream.trigger_seconds: must be >= 0")
+        _require(self.side_trigger_seconds >= 0, "stream.side_trigger_seconds: must be >= 0")
         _require(self.max_files_per_trigger >= 1, "stream.max_files_per_trigger: must be >= 1")
         _require(self.score_partitions is None or self.score_partitions >= 1,
                  f"stream.score_partitions: must be >= 1 or null, got {self.score_partitions}")
