@@ -4,7 +4,8 @@
 
 ``read_parquet`` -> ``map_batches`` with an actor pool of ``cores`` actors (one onnxruntime intra-op
 thread each, what a Spark task of ours gets; 0.5 logical CPU each, read tasks 0.5 too, so that both fit in
-Ray's 2 logical CPUs: with 1 CPU per actor the read tasks never got scheduled and the job hung) running the same ONNX file ours runs, on the same Parquet files;
+Ray's 2 logical CPUs: with 1 CPU per actor the read tasks never got scheduled and the job hung) running the
+same ONNX file ours runs, on the same Parquet files;
 each batch's probabilities, class index and class name come back, and the stream is consumed without a sink
 (``iter_batches``, as ours ends in Spark's ``noop``). Images: uint8 pixels normalised with the model's mean/std
 (extras/preprocessing.json), NCHW float32; text: input_ids + attention_mask stacked [B, 2, L], each batch cut to its

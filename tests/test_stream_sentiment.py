@@ -144,8 +144,8 @@ def model_store(tmp_path_factory):
 
 def _job(data_dir: Path, log: Path) -> subprocess.Popen:
     sets = [f"paths.data_dir={data_dir}", "mlflow.registered_model=test-sentiment", "stream.max_files_per_trigger=1",
-            "stream.trigger_seconds=0.5", "stream.side_trigger_seconds=0.5", "spark.master=local[2]", "spark.driver_memory=1g", "spark.shuffle_partitions=2",
-            "spark.arrow_max_records_per_batch=64"]
+            "stream.trigger_seconds=0.5", "stream.side_trigger_seconds=0.5", "spark.master=local[2]", "spark.driver_memory=1g",
+            "spark.shuffle_partitions=2", "spark.arrow_max_records_per_batch=64"]
     cmd = [sys.executable, "jobs/stream_sentiment.py", "--pipeline", "sentiment", "--until-idle", "4"]
     cmd += [x for s in sets for x in ("--set", s)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYSPARK_PYTHON": sys.executable}
