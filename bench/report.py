@@ -314,7 +314,8 @@ def _serve_section(r: dict) -> str:
 
 Command: `{r['command']}` ({r['measured_at']}). Server `{r['server']}` serving {r['model']}{runtime} (ready after
 {r['startup_s']} s); {r['request']}. The client (one asyncio loop, prepared requests on keep-alive connections) shares
-the 2 cores with the server. Target: p95 < {r['p95_target_ms']:.0f} ms for the answered (200) requests; past capacity
+the 2 cores with the server; Retry-After {r.get('retry_after', 'ignored')}. Target: p95 < {r['p95_target_ms']:.0f} ms
+for the answered (200) requests; past capacity
 the latency budget (`serve.max_queue_ms`) answers 503 before decoding, at the latency shown.
 
 | concurrency | answered/s | p50 ms | p95 ms | p99 ms | mean batch | 503s (rate, latency) | other errors |

@@ -292,7 +292,7 @@ def main() -> None:
         "server": f"jobs/serve.py --pipeline image_classification {' '.join(extra)}".strip(),
         "retry_after": "ignored: clients retry a 503 at once" if args.storm else "honoured: a client waits Retry-After after a 503",
         "request": f"one PNG per POST /predict ({len(images)} real test images, {int(np.mean([len(b) for b in images]))} "
-                   "bytes on average), keep-alive httpx client per thread",
+                   "bytes on average)",
         "p95_target_ms": P95_TARGET_MS, "levels": levels, "capacity_rps": capacity, "soak": soaked,
         "ready": ready,
         "machine": {"cpu": platform.processor() or platform.machine(), "nproc": os.cpu_count(),
