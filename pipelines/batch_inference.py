@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig, ConfigError
 from dlspark.inference.model import ModelBundle, expected_labels, load_model, requested_model, resolve_model
+from dlspark.inference.runtime import SOURCE_TAG as SOURCE_MODEL_TAG
 from dlspark.inference.spark_scoring import label_accuracy, score_rows
 from dlspark.ingest.outcome import CountMismatch
 from dlspark.paths import resolve_path
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SOURCE_MODEL_TAG = "dlspark.source_model"   # set on exported versions (ONNX) to the version they came from
 
 
 @dataclass(frozen=True)

@@ -12,18 +12,18 @@ import pytest
 
 from pipelines.batch_inference import score_table
 from tests.inference_models import IMAGE_LABELS, register_image_model
-from tests.test_batch_inference import BAD, N_IMAGES, _cfg, _model_predictions, _written, write_image_table
+from tests.test_batch_inference import (  # noqa: F401 - image_store: the same module-scoped fixture, one per module
+    BAD,
+    N_IMAGES,
+    _cfg,
+    _model_predictions,
+    _written,
+    image_store,
+    write_image_table,
+)
 
 
-@pytest.fixture(scope="module")
-def image_store(tmp_path_factory):
-    data = tmp_path_factory.mktemp("infer-runtime")
-    register_image_model(data)
-    labels = write_image_table(data / "tables" / "images")
-    return data, labels
-
-
-def test_runtime_auto_scores_the_champion_on_its_measured_faster_export(spark, image_store):
+def test_runtime_auto_scores_the_champion_on_its_measured_faster_export(spark, image_store):  # noqa: F811
     from dlspark.config import MlflowConfig
     from dlspark.inference.runtime import RuntimeUnavailable
     from dlspark.models.onnx_export import export_registered_onnx

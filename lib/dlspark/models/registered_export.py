@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
+from dlspark.inference.runtime import FORMAT_TAG, SOURCE_TAG  # the tags' one home: the runtime choice reads them
 from dlspark.models.parity import (
     ParityError,
     ParityReport,
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SOURCE_TAG = "dlspark.source_model"
-FORMAT_TAG = "dlspark.format"  # onnx | torchscript (the MLmodel flavor alone does not tell TorchScript from eager)
 Logits = Callable[[np.ndarray], np.ndarray]
 
 
