@@ -10,7 +10,8 @@ the ingested tables (``data/tables/images``, ``data/tables/text``), tiled to the
 
 - bare: one process, ``torch.set_num_threads(cores)``, the rows preloaded as numpy; the eager module of the
   model (``load_torch_module``), uint8 -> float normalisation as ours, ``inference_mode``, softmax. Text rows go
-  in windows of the Arrow batch size, sorted by length, each sub-batch cut to its longest row: ours' work.
+  in windows of the Arrow batch size, sorted by length, sub-batches of at most ``inference.max_batch_tokens`` padded
+  tokens, each cut to its longest row: ours' work.
 - ours: ``score_dataframe`` (mapInArrow) on ``spark.read.parquet``, all prediction columns.
 - predict_batch_udf: ``make_predict_fn`` loads the same eager module once per worker (pyspark's model cache).
   Images: ``pixels`` (binary) becomes a normalised ``array<float>`` in the timed query through a pandas UDF,
@@ -55,7 +56,8 @@ MODELS = {"image": ("models:/dlspark-fashion-mnist@champion", "images", ["pixels
 DESIGN = {
     "bare": "one process, torch threads = Spark cores, rows preloaded as numpy; the model's eager module, uint8 -> "
             "float normalisation, inference_mode, softmax; text in windows of the Arrow batch size sorted by length, "
-            "each forward pass cut to its longest row (the work ours does)",
+            "forward passes of at most 2048 padded tokens (inference.max_batch_tokens), each cut to its longest row "
+            "(the work ours does)",
     "ours": "score_dataframe (mapInArrow) on spark.read.parquet of the table, every prediction column "
             "(class, index, probability, probabilities, top-3, error), on the runtime inference.runtime=auto picks "
             "(the fastest parity-checked export of the champion, measured at export)",
@@ -74,6 +76,7 @@ DESIGN = {
                         "by a Spark expression; runs the logged torch.export program (fixed length 64: no cut) and, "
                         "in local mode, loads the model in every task",
 }
+MAX_TOKENS = 2048   # inference.max_batch_tokens' default: text forward passes of rows of similar length
 log = logging.getLogger("bench")
 
 
@@ -105,9 +108,13 @@ def load_arrays(path: Path, kind: str, shape: list[int]) -> dict[str, np.ndarray
     return {name: np.stack(table.column(name).to_numpy(zero_copy_only=False)) for name in ("input_ids", "attention_mask")}
 
 
-def bare_predict(module: Any, data: dict[str, np.ndarray], pre: dict, batch: int, window: int) -> np.ndarray:
-    """Probabilities for every row, computed as ours computes them (same normalisation, same length cut)."""
+def bare_predict(module: Any, data: dict[str, np.ndarray], pre: dict, batch: int, window: int,
+                 max_tokens: int | None = None) -> np.ndarray:
+    """Probabilities for every row, computed as ours computes them (same normalisation, same length cut and token
+    budget per forward pass)."""
     import torch
+
+    from dlspark.inference.scoring import length_chunks
 
     with torch.inference_mode():
         if "pixels" in data:
@@ -125,9 +132,9 @@ def bare_predict(module: Any, data: dict[str, np.ndarray], pre: dict, batch: int
         lengths = mask.shape[1] - np.argmax((mask != 0)[:, ::-1], axis=1)
         for start in range(0, len(ids), window):
             order = start + np.argsort(lengths[start:start + window], kind="stable")
-            for i in range(0, len(order), batch):
-                rows = order[i:i + batch]
-                width = int(lengths[rows].max())
+            for a, b in length_chunks(lengths[order], batch, max_tokens):
+                rows = order[a:b]
+                width = max(1, int(lengths[rows[-1]]))
                 x = torch.from_numpy(np.stack([ids[rows, :width], mask[rows, :width]], axis=1).astype(np.int64))
                 probs = torch.softmax(module(x), dim=1).numpy()
                 if out.shape[1] == 0:
@@ -195,11 +202,11 @@ def contenders(spark, bundle, batch: int, fast: Any) -> dict[str, Callable[[Any]
     made: dict[str, Any] = {}
 
     def ours(df: Any) -> Any:
-        spec = scoring_spec(fast, passthrough=("row_id",), batch_size=batch, device="cpu")
+        spec = scoring_spec(fast, passthrough=("row_id",), batch_size=batch, device="cpu", max_batch_tokens=MAX_TOKENS)
         return score_dataframe(df, spec).withColumnRenamed("probabilities", "probs")
 
     def ours_source(df: Any) -> Any:
-        spec = scoring_spec(bundle, passthrough=("row_id",), batch_size=batch, device="cpu")
+        spec = scoring_spec(bundle, passthrough=("row_id",), batch_size=batch, device="cpu", max_batch_tokens=MAX_TOKENS)
         return score_dataframe(df, spec).withColumnRenamed("probabilities", "probs")
 
     def pbu(df: Any) -> Any:
@@ -270,7 +277,7 @@ def bench_model(spark, kind: str, rows: int, args: argparse.Namespace) -> dict: 
     bare_out: dict[str, np.ndarray] = {}
 
     def bare() -> None:
-        bare_out["probs"] = bare_predict(module, data, pre, args.batch_size, window)
+        bare_out["probs"] = bare_predict(module, data, pre, args.batch_size, window, MAX_TOKENS)
 
     bare()   # warm-up, and the reference predictions
     runs: dict[str, Callable[[], None]] = {"bare": bare}

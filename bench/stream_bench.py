@@ -161,6 +161,11 @@ def run(args: argparse.Namespace, rate: float) -> dict:
     if errors:
         raise errors[0]
     figures = batch_figures(report.history["predictions"])
+    import os
+    if os.environ.get("DBG"):
+        for name, h in report.history.items():
+            for b in h:
+                print("DBG", name, b["batchId"], b["numInputRows"], b["durationMs"])
     return {"benchmark": "stream", "input_rate": rate, "tick_s": args.tick, "seconds": args.seconds,
             "trigger_s": args.trigger, "model": report.model, "runtime": report.runtime, "malformed_fraction": args.malformed,
             "lines": report.lines, "predicted": report.predicted, "quarantine_reasons": quarantine_reasons(spark, work),
@@ -204,7 +209,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="how long the generator writes")
     parser.add_argument("--tick", type=float, default=1.0, help="seconds between input files")
     parser.add_argument("--trigger", type=float, default=1.0, help="stream.trigger_seconds")
-    parser.add_argument("--side-trigger", type=float, default=5.0, help="stream.side_trigger_seconds")
+    parser.add_argument("--side-trigger", type=float, default=10.0, help="stream.side_trigger_seconds")
     parser.add_argument("--idle", type=float, default=10.0, help="stop once the input has been idle this long")
     parser.add_argument("--data-dir", default=None, help="paths.data_dir holding the MLflow store (default: the work dir)")
     parser.add_argument("--model", default=None, help="inference.model URI (default: the registered champion)")

@@ -175,6 +175,7 @@ def score_messages(spark: SparkSession, valid: DataFrame, cfg: AppConfig, bundle
     """Valid messages scored from their raw text, with the model's name, version and URI and ``scored_at``."""
     icfg = cfg.inference
     spec = scoring_spec(bundle, passthrough=PASSTHROUGH, batch_size=icfg.batch_size, top_k=icfg.top_k,
+                        max_batch_tokens=icfg.max_batch_tokens,
                         device=icfg.device, amp=icfg.amp, text_mode="text", text_column="text",
                         text_fallback=ingest_text_fallback(cfg.ingest_text))
     if cfg.stream.score_partitions:

@@ -128,6 +128,30 @@ def test_text_sub_batches_are_length_bucketed_and_returned_in_input_order(tmp_pa
     assert np.allclose(probs[:, 1], np.array(lengths) / 100)
     assert recorder.widths == [3, 9, 12]   # sorted by length: (2, 3), (4, 9), (10, 12)
 
+    tokens = ScoringSpec(**{**spec.__dict__, "batch_size": 256, "max_batch_tokens": 20})
+    recorder = _LengthRecorder()
+    assert np.allclose(predict(recorder, inputs, tokens)[:, 1], np.array(lengths) / 100)
+    assert recorder.widths == [4, 10, 12]  # (2, 3, 4) = 12 tokens, (9, 10) = 20, (12) alone
+
+
+@pytest.mark.parametrize("lengths, max_rows, max_tokens, expected", [
+    ([2, 3, 3, 8], 10, 9, [(0, 3), (3, 4)]),
+    ([1, 1, 1], 2, None, [(0, 2), (2, 3)]),
+    ([5, 40, 41], 8, 32, [(0, 1), (1, 2), (2, 3)]),      # rows over the budget go alone, none is dropped
+    ([0, 0, 1, 1], 3, 2, [(0, 2), (2, 4)]),              # an empty row costs one token
+    ([], 4, 8, []),
+])
+def test_length_chunks_respect_rows_and_token_budget(lengths, max_rows, max_tokens, expected):
+    chunks = scoring.length_chunks(np.array(lengths, int), max_rows, max_tokens)
+    assert chunks == expected
+    assert [i for a, b in chunks for i in range(a, b)] == list(range(len(lengths)))
+
+
+def test_scoring_spec_rejects_a_token_budget_below_one(tmp_path):
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        ScoringSpec(cache_key="t", flavor="pytorch", labels=("a", "b"), preprocessing=text_preprocessing(),
+                    model_dir=str(tmp_path), max_batch_tokens=0)
+
 
 def test_model_is_loaded_once_per_process_and_key(tmp_path, monkeypatch):
     loads = []

@@ -290,6 +290,7 @@ class InferenceConfig:
     output: str | None = None             # null = tables/predictions/<registered model name>
     format: TableFormat = "parquet"
     batch_size: int = 256                 # rows per forward pass
+    max_batch_tokens: int | None = 2048   # text: rows x longest row per forward pass (null: batch_size rows only)
     top_k: int = 3
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True                      # bf16 autocast on GPUs that have it
@@ -299,6 +300,8 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, f"inference.batch_size: must be >= 1, got {self.batch_size}")
+        _require(self.max_batch_tokens is None or self.max_batch_tokens >= 1,
+                 f"inference.max_batch_tokens: must be >= 1 or null (no token budget), got {self.max_batch_tokens}")
         _require(self.top_k >= 0, f"inference.top_k: must be >= 0, got {self.top_k}")
         _require(self.task_cpus is None or self.task_cpus >= 1, "inference.task_cpus: must be >= 1 or null")
         _require(self.task_gpus >= 0, "inference.task_gpus: must be >= 0")

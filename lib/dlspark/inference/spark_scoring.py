@@ -143,6 +143,7 @@ def score_rows(spark: SparkSession, df: DataFrame, cfg: "AppConfig", bundle: Mod
         raise ValueError(f"inference.passthrough names column(s) {missing} that the input lacks; it has {df.columns}")
     fallback = ingest_text_fallback(cfg.ingest_text) if icfg.text_mode == "text" else None
     spec = scoring_spec(bundle, passthrough=passthrough, batch_size=icfg.batch_size, top_k=icfg.top_k, device=icfg.device,
+                        max_batch_tokens=icfg.max_batch_tokens,
                         amp=icfg.amp, text_mode=icfg.text_mode, text_column=icfg.text_column, text_fallback=fallback)
     return score_dataframe(df, ship_model(spark, spec), profile=resource_profile(icfg.task_cpus, icfg.task_gpus))
 

@@ -54,6 +54,7 @@ def _service(cfg: AppConfig, uri: str, target: TrackingTarget | None = None) -> 
     def load(ref: ModelRef) -> ServedModel:
         return load_served_model(download_for_runtime(target, ref, cfg.serve_runtime), threads=cfg.serve.threads, resize=images.resize,
                                  max_pixels=images.max_pixels, max_file_bytes=cfg.serve.max_payload_bytes,
-                                 text_fallback=fallback, top_k=cfg.inference.top_k, batch_size=cfg.serve.max_batch)
+                                 text_fallback=fallback, top_k=cfg.inference.top_k, batch_size=cfg.serve.max_batch,
+                                 max_batch_tokens=cfg.inference.max_batch_tokens)
 
     return ModelService(lambda: resolve_model(target, uri), load)

@@ -77,11 +77,12 @@ class ServedModel:
 def load_served_model(bundle: ModelBundle, *, threads: int | None = None, resize: str = "center_crop",
                       max_pixels: int = 40_000_000, max_file_bytes: int = 64 * 1024 * 1024,
                       text_fallback: Mapping[str, Any] | None = None, top_k: int = 3, batch_size: int = 256,
-                      predictor: Predictor | None = None) -> ServedModel:
+                      max_batch_tokens: int | None = None, predictor: Predictor | None = None) -> ServedModel:
     """Load ``bundle``'s predictor on CPU and its preprocessing (``resize`` etc. as in ``ingest_images``)."""
     spec = ScoringSpec(cache_key=bundle.ref.uri, flavor=bundle.flavor, labels=bundle.labels,
                        preprocessing=bundle.preprocessing, model_dir=bundle.local_dir, text_mode="text",
-                       text_fallback=text_fallback, batch_size=batch_size, top_k=top_k, device="cpu", threads=threads)
+                       text_fallback=text_fallback, batch_size=batch_size, max_batch_tokens=max_batch_tokens, top_k=top_k,
+                       device="cpu", threads=threads)
     predictor = predictor or load_predictor(bundle.local_dir, bundle.flavor, device="cpu", threads=threads)
     if bundle.kind == "image":
         image = image_spec(bundle.preprocessing, resize, max_pixels, max_file_bytes)

@@ -78,8 +78,9 @@ def progress_dict(progress: Any) -> dict[str, Any]:
 
 
 def _figures(progress: dict) -> dict[str, Any]:
+    durations = dict(progress.get("durationMs") or {})
     return {k: progress.get(k) for k in PROGRESS_FIGURES} | {
-        "triggerExecutionMs": progress.get("durationMs", {}).get("triggerExecution")}
+        "triggerExecutionMs": durations.get("triggerExecution"), "durationMs": durations}
 
 
 def _raise_if_failed(query: StreamingQuery) -> None:
