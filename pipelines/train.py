@@ -26,6 +26,7 @@ from dlspark.tables import read_table
 from dlspark.tracking import RegistrationResult, log_run_inputs, register_and_promote, resolve_tracking, start_run
 from dlspark.train import TrainJob, TrainResult, require_supported_session, run_training
 from dlspark.train.inputs import TrainInputError, feed_specs, training_labels
+from dlspark.train.teacher import TEACHER_COLUMN, TeacherTable, teacher_table
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -52,12 +53,18 @@ def train_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TrainRepo
     table_uri = resolve_path(cfg.paths.data_dir, tcfg.table)
     snapshot = read_table(spark, table_uri, fmt=tcfg.table_format)
     labels, label_map = training_labels(cfg, table_uri)
-    specs = feed_specs(spark, cfg, snapshot, label_map)
+    teacher = teacher_table(spark, cfg, snapshot, labels, label_map) if tcfg.distill.enabled else None
+    specs = feed_specs(spark, cfg, teacher.snapshot if teacher else snapshot, label_map, TEACHER_COLUMN if teacher else None)
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
     run_name = tcfg.run_name or tcfg.task
     model_name = cfg.registered_model
     with start_run(target, cfg.mlflow.experiment, run_name, tags={"dlspark.run_id": run_id, "dlspark.task": tcfg.task}) as run:
         log_run_inputs(cfg, table_uri, snapshot.version, snapshot.fingerprint)
+        lineage = distill_lineage(cfg, teacher)
+        if lineage:
+            import mlflow
+
+            mlflow.set_tags(lineage)
         job = TrainJob(config=tcfg, train=specs["train"], val=specs["val"], test=specs["test"], num_classes=len(labels),
                        labels=labels, checkpoint_dir=resolve_path(cfg.paths.data_dir, tcfg.checkpoint_dir), run_name=run_name,
                        mlflow_tracking_uri=target.tracking_uri, mlflow_run_id=run.info.run_id)
@@ -68,12 +75,22 @@ def train_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TrainRepo
         if cfg.mlflow.register:
             metric = cfg.mlflow.promote_metric
             value = _metric(result, metric)
-            registration = register_and_promote(target, model_name, run.info.run_id, "model", metric, value)
+            registration = register_and_promote(target, model_name, run.info.run_id, "model", metric, value, tags=lineage)
     summary = _summary(cfg, run.info.run_id, result, model_uri, model_name, registration, snapshot, target.ui_command())
     log.info("trained %s: test accuracy %.4f; %s", run_name, result.test_metrics.get("test_accuracy", float("nan")),
              registration.reason if registration else "not registered")
     return TrainReport(run.info.run_id, result, model_uri, model_name if registration else None, registration,
                        snapshot.version, summary)
+
+
+def distill_lineage(cfg: AppConfig, teacher: TeacherTable | None) -> dict[str, str]:
+    """Tags naming the teacher a student learned from (run and registered version); empty without distillation."""
+    if teacher is None:
+        return {}
+    d, ref = cfg.train.distill, teacher.teacher.source_ref
+    return {"dlspark.distill.teacher": ref.label, "dlspark.distill.teacher_uri": ref.uri,
+            "dlspark.distill.teacher_runtime": teacher.teacher.runtime_label, "dlspark.distill.temperature": str(d.temperature),
+            "dlspark.distill.alpha": str(d.alpha), "dlspark.distill.table": teacher.snapshot.path}
 
 
 def _metric(result: TrainResult, name: str) -> float:

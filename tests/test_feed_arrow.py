@@ -82,6 +82,17 @@ def test_uneven_split_pads_short_ranks_by_repeating_one_row(images: Path) -> Non
     per_rank = read_epoch(spec_for(images, "val", batch_size=3), world_size=3)  # 20 rows: shares 6, 7, 7
     assert [sum(len(b["y"]) for b in batches) for batches in per_rank] == [7, 7, 7]
     assert set(ids(per_rank)) == set(range(100, 120)) and len(ids(per_rank)) == 21
+    weights = [b.get("weight", np.ones(len(b["y"]), np.float32)) for batches in per_rank for b in batches]
+    assert "weight" in per_rank[0][0] and "weight" not in per_rank[1][0]   # only the short rank repeats a row
+    labels = [b["y"] for batches in per_rank for b in batches]
+    counted = [int(v) for y, w in zip(labels, weights) for v, x in zip(y, w) if x == 1]
+    assert sorted(counted) == list(range(100, 120))   # the repeated row has weight 0: each row counts once
+    assert sum(float(w.sum()) for w in weights) == 20
+
+
+def test_even_shares_carry_no_weight_column(images: Path) -> None:
+    per_rank = read_epoch(spec_for(images, "val", batch_size=3), world_size=2)   # 20 rows: shares 10, 10
+    assert all("weight" not in b for batches in per_rank for b in batches)
 
 
 def test_drop_last_yields_whole_batches_of_the_smallest_share(images: Path) -> None:

@@ -87,7 +87,7 @@ def test_petastorm_batches_through_torch_and_tf(spark, table: Path, tmp_path: Pa
     tf = pytest.importorskip("tensorflow")
     from dlspark.feed import tf_dataset
 
-    xs = [(x.shape, y.dtype) for x, y in tf_dataset(spec, rank=0, world_size=2)]
+    xs = [(x.shape, y.dtype) for x, y, _ in tf_dataset(spec, rank=0, world_size=2)]
     assert xs[0] == ((6, 3, 4, 1), tf.int64) and len(xs) == 4
 
 

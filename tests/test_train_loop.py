@@ -98,3 +98,34 @@ def test_amp_and_channels_last_on_gpu(image_table, tmp_path, precision):
         pytest.skip("needs a CUDA device")
     result = run_training(image_job(image_table, tmp_path, epochs=2, device="cuda", precision=precision, channels_last="on"), "local")
     assert result.test_metrics["test_accuracy"] >= 0.9, result.test_metrics
+
+
+class _RankOf:
+    """A strategy stand-in for one rank of ``world_size``: no communication, each rank's own sums come back."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    def allreduce_sum(self, tensor):
+        return tensor
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_distributed_evaluation_counts_every_row_once(tmp_path, world_size):
+    """63 test rows over 2 or 3 ranks: the short ranks repeat rows to even out batch counts; those rows must not
+    count, so the ranks' summed metrics equal one process's over the same split."""
+    import torch
+
+    from dlspark.models import build_model
+    from dlspark.train import steps
+    from dlspark.train.runtime import resolve_runtime
+
+    job = image_job(write_image_table(tmp_path / "t", {"train": 8, "val": 8, "test": 63}, noise=True), tmp_path)
+    torch.manual_seed(0)
+    model = build_model(job.model_spec)
+    rt = resolve_runtime(job.config, 0, image_model=True)
+    local = steps.evaluate(model, job.test, _RankOf(0, 1), rt)
+    ranks = [steps.evaluate(model, job.test, _RankOf(r, world_size), rt) for r in range(world_size)]
+    assert local["count"] == 63 and sum(m["count"] for m in ranks) == 63
+    assert sum(m["accuracy"] * m["count"] for m in ranks) / 63 == pytest.approx(local["accuracy"], abs=1e-12)
+    assert sum(m["loss"] * m["count"] for m in ranks) / 63 == pytest.approx(local["loss"], rel=1e-5)

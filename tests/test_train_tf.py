@@ -91,7 +91,7 @@ def test_warmup_cosine_matches_the_torch_schedule():
 
 def test_tf_dataset_batches_fit_the_keras_model(image_table):
     job = tf_job(image_table, Path("/unused"))
-    x, y = next(iter(tf_dataset(job.train, 0, 1, 0)))
+    x, y, _ = next(iter(tf_dataset(job.train, 0, 1, 0)))
     assert x.shape == (16, SIZE, SIZE, 1) and x.dtype == tf.float32 and y.dtype == tf.int64
     assert build_keras_model(keras_model_spec(job))(x).shape == (16, 2)
 
@@ -116,7 +116,7 @@ def test_local_tf_training_learns_and_exports(local_run):
 def test_saved_model_predicts_like_the_in_memory_model(local_run):
     job, result = local_run
     model = load_best_keras_model(result)
-    x, _ = next(iter(tf_dataset(job.test, 0, 1, 0)))
+    x, _, _ = next(iter(tf_dataset(job.test, 0, 1, 0)))
     reloaded = tf.saved_model.load(result.model_path)
     np.testing.assert_allclose(reloaded.serve(x).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
 

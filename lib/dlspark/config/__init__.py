@@ -2,6 +2,7 @@
 from dlspark.config.loader import PROFILES, apply_override, config_hash, deep_merge, load_config
 from dlspark.config.schema import (
     AppConfig,
+    DistillConfig,
     FeedConfig,
     ImageIngestConfig,
     InferenceConfig,
@@ -24,6 +25,7 @@ __all__ = [
     "PROFILES",
     "AppConfig",
     "ConfigError",
+    "DistillConfig",
     "FeedConfig",
     "ImageIngestConfig",
     "InferenceConfig",

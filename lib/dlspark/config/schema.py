@@ -209,6 +209,27 @@ class SentimentConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation: a registered teacher's soft targets mixed with the hard labels (see ``dlspark.train``).
+
+    loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * cross-entropy(labels)
+    """
+
+    teacher: str | None = None            # models:/<name>@<alias> | models:/<name>/<version> | a name; null = no distillation
+    temperature: float = 2.0
+    alpha: float = 0.5                    # weight of the soft (teacher) loss
+    table: str | None = None              # where the teacher's logits are written; null = tables/distill/<teacher>-v<version>
+
+    def __post_init__(self) -> None:
+        _require(self.temperature > 0, f"train.distill.temperature: must be > 0, got {self.temperature}")
+        _require(0.0 <= self.alpha <= 1.0, f"train.distill.alpha: must be in [0, 1], got {self.alpha}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.teacher is not None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run: data, model, backend, optimisation, checkpoints (see ``dlspark.train``)."""
 
@@ -216,7 +237,8 @@ class TrainConfig:
     table: str = "tables/images"          # an ingest output table (parquet dir or delta table)
     table_format: TableFormat = "parquet"
     framework: Literal["torch", "tensorflow"] = "torch"
-    model: Literal["cnn", "resnet", "minilm"] = "cnn"
+    model: Literal["cnn", "resnet", "minilm", "textcnn"] = "cnn"
+    model_options: dict[str, Any] = field(default_factory=dict)   # extra model spec fields, e.g. {widths: [8, 16, 32]}
     backend: Literal["local", "horovod", "torch_distributor"] = "local"
     num_workers: int = 2                  # training processes for horovod / torch_distributor
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -240,6 +262,7 @@ class TrainConfig:
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     feed: FeedConfig = field(default_factory=FeedConfig)
     sentiment: SentimentConfig = field(default_factory=SentimentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"train.epochs: must be >= 1, got {self.epochs}")
@@ -251,7 +274,7 @@ class TrainConfig:
         for name in ("max_steps_per_epoch", "limit_rows"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"train.{name}: must be >= 1 or null, got {value}")
-        image_models, text_models = ("cnn", "resnet"), ("minilm",)
+        image_models, text_models = ("cnn", "resnet"), ("minilm", "textcnn")
         fits = self.model in (image_models if self.task == "image_classification" else text_models)
         _require(fits, f"train.model: {self.model!r} does not fit train.task {self.task!r}; "
                        f"use one of {list(image_models if self.task == 'image_classification' else text_models)}")
@@ -259,6 +282,10 @@ class TrainConfig:
                  "train.framework: tensorflow is supported for task image_classification only; use torch for sentiment")
         _require(not (self.framework == "tensorflow" and self.backend == "torch_distributor"),
                  "train.backend: torch_distributor runs PyTorch only; use horovod or local with framework tensorflow")
+        _require(not (self.distill.enabled and self.framework == "tensorflow"),
+                 "train.distill: distillation trains torch students; set train.framework: torch or train.distill.teacher: null")
+        _require(not (self.distill.enabled and self.feed.feeder == "petastorm"),
+                 "train.distill: the teacher's logits are read by the arrow feeder; set train.feed.feeder: arrow")
 
 
 @dataclass(frozen=True)
@@ -561,6 +588,11 @@ class AppConfig:
     def serve_runtime(self) -> str:
         """The runtime serving loads: ``serve.runtime``, null = ``inference.runtime``."""
         return self.serve.runtime or self.inference.runtime
+
+    def distill_table(self, teacher: Any) -> str:
+        """``train.distill.table``, null = ``tables/distill/<teacher name>-v<version>`` (``teacher``: a ``ModelRef``)."""
+        name = f"{teacher.name}-v{teacher.version}" if teacher.name else re.sub(r"[^A-Za-z0-9_.-]+", "_", teacher.uri)
+        return self.train.distill.table or f"tables/distill/{name}"
 
     def predictions_output(self, model_name: str | None) -> str:
         """``inference.output``, null = ``tables/predictions/<model name>`` (relative to ``paths.data_dir``)."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from dlspark.feed.decode import Chunk, augment_images, normalize_images
 from dlspark.feed.spec import FeedError
-from dlspark.feed.stream import background, fixed_batches, shuffled
+from dlspark.feed.stream import WEIGHT, background, fixed_batches, shuffled
 
 if TYPE_CHECKING:
     from dlspark.feed.spec import FeedSpec
@@ -41,7 +41,10 @@ def open_batches(spec: FeedSpec, *, rank: int = 0, world_size: int = 1, epoch: i
     Images: ``{"x": float32 [B, C, H, W] (or [B, H, W, C] with channels_last), "y": int64 [B]}``; text:
     ``{"input_ids": int64 [B, L], "attention_mask": int64 [B, L], "y": int64 [B]}``. Each row is read by
     exactly one rank; the order depends only on ``(spec.seed, epoch)``; every rank yields ``len(batches)``
-    batches (see :mod:`dlspark.feed.plan`). Reading, shuffling, decoding and augmentation run in
+    batches (see :mod:`dlspark.feed.plan`). A rank whose share is shorter repeats some of its rows to get there;
+    then every batch of that epoch also holds ``"weight"``: float32 ``[B]``, 0 for the repeated rows, which
+    evaluation leaves out (so test metrics cover the split's rows exactly once). With ``spec.teacher_column``,
+    ``"teacher"`` holds the teacher's float32 logits ``[B, classes]``. Reading, shuffling, decoding and augmentation run in
     ``spec.reader_threads`` threads, ``spec.prefetch_batches`` batches ahead of the caller.
     """
     if not (isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size):
@@ -77,11 +80,12 @@ def _epoch_source(spec: FeedSpec, *, rank: int, world_size: int, epoch: int, poo
 def finish_batch(raw: Chunk, spec: FeedSpec, seed: tuple[int, ...]) -> Batch:
     """Raw rows -> model inputs: augment (train images), scale and normalise, widen ints to int64."""
     y = raw["y"].astype(np.int64, copy=False)
+    carried = {k: raw[k] for k in (WEIGHT, "teacher") if k in raw}
     if spec.kind == "image":
         pixels = raw["pixels"]
         if spec.augment:
             pixels = augment_images(pixels, np.random.default_rng(list(seed)))
         mean, std = spec.mean_std
-        return {"x": normalize_images(pixels, mean, std, spec.channels_last), "y": y}
+        return {"x": normalize_images(pixels, mean, std, spec.channels_last), "y": y, **carried}
     return {"input_ids": raw["input_ids"].astype(np.int64), "attention_mask": raw["attention_mask"].astype(np.int64),
-            "y": y}
+            "y": y, **carried}

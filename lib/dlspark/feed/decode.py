@@ -25,8 +25,8 @@ def columns_for(kind: str, label_map: bool) -> list[str]:
 
 
 def read_columns(spec: FeedSpec) -> list[str]:
-    """The table columns the feeder reads for ``spec``."""
-    return columns_for(spec.kind, bool(spec.label_map))
+    """The table columns the feeder reads for ``spec`` (and the teacher's logits, when distilling)."""
+    return columns_for(spec.kind, bool(spec.label_map)) + ([spec.teacher_column] if spec.teacher_column else [])
 
 
 def check_columns(names: list[str], spec: FeedSpec, where: str) -> None:
@@ -107,15 +107,27 @@ def token_array(col: pa.ChunkedArray, length: int, name: str, where: str) -> np.
 
 
 def decode_table(table: pa.Table, spec: FeedSpec, where: str) -> Chunk:
-    """All rows of ``table`` as numpy arrays (views where possible) with their targets in ``y``."""
+    """All rows of ``table`` as numpy arrays (views where possible) with their targets in ``y`` (and the teacher's
+    logits in ``teacher`` when ``spec.teacher_column`` is set)."""
     y, _ = targets(table, spec)
+    teacher = {"teacher": teacher_logits(table.column(spec.teacher_column), where)} if spec.teacher_column else {}
     if spec.kind == "image":
         shape = spec.image_shape
         check_shapes(table.column("shape"), shape, where)  # type: ignore[arg-type]
-        return {"pixels": pixels_array(table.column("pixels"), shape, where), "y": y}  # type: ignore[arg-type]
+        return {"pixels": pixels_array(table.column("pixels"), shape, where), "y": y, **teacher}  # type: ignore[arg-type]
     return {"input_ids": token_array(table.column("input_ids"), spec.max_length, "input_ids", where),  # type: ignore[arg-type]
             "attention_mask": token_array(table.column("attention_mask"), spec.max_length, "attention_mask", where),  # type: ignore[arg-type]
-            "y": y}
+            "y": y, **teacher}
+
+
+def teacher_logits(col: pa.ChunkedArray, where: str) -> np.ndarray:
+    """A list<float> column of equal-length logits -> float32 ``(n, classes)``."""
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if col.null_count or (len(lengths) and lengths.min() != lengths.max()):
+        raise FeedError(f"{where}: the teacher's logits are null or of unequal length in some rows; rebuild the "
+                        "distillation table (delete train.distill.table and rerun)")
+    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(len(col), int(lengths[0]) if len(lengths) else 0)
 
 
 def augment_images(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

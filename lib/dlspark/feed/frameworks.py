@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from dlspark.feed.batches import open_batches
+from dlspark.feed.stream import WEIGHT
 
 if TYPE_CHECKING:
     from dlspark.feed.spec import FeedSpec
@@ -33,7 +34,9 @@ def torch_dataloader(spec: FeedSpec, rank: int = 0, world_size: int = 1, epoch: 
 
 def tf_dataset(spec: FeedSpec, rank: int = 0, world_size: int = 1, epoch: int = 0, *,
                channels_last: bool = True) -> Any:
-    """A ``tf.data.Dataset`` of ``(x, y)`` batches; images NHWC by default (Keras), text ``x`` a dict.
+    """A ``tf.data.Dataset`` of ``(x, y, sample_weight)`` batches (what ``keras.Model.fit`` takes); images NHWC by
+    default (Keras), text ``x`` a dict. ``sample_weight`` is 0 for the rows a rank repeats to even out batch counts,
+    1 otherwise (see :func:`dlspark.feed.open_batches`).
 
     Reading and decoding stay in the feeder's threads; the dataset prefetches one batch more.
     """
@@ -48,12 +51,14 @@ def tf_dataset(spec: FeedSpec, rank: int = 0, world_size: int = 1, epoch: int = 
     else:
         ids = tf.TensorSpec([None, spec.max_length], tf.int64)
         x_sig = {"input_ids": ids, "attention_mask": ids}
-    signature = (x_sig, tf.TensorSpec([None], tf.int64))
+    signature = (x_sig, tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.float32))
 
-    def generate() -> Iterator[tuple[Any, np.ndarray]]:
+    def generate() -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
         with open_batches(spec, rank=rank, world_size=world_size, epoch=epoch) as batches:
             for batch in batches:
                 y = batch.pop("y")
-                yield (batch["x"] if spec.kind == "image" else batch), y
+                weight = batch.pop(WEIGHT, None)
+                weight = np.ones(len(y), np.float32) if weight is None else weight
+                yield (batch["x"] if spec.kind == "image" else batch), y, weight
 
     return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(1)

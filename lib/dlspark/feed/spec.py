@@ -43,12 +43,15 @@ class FeedSpec:
     feeder: Literal["arrow", "petastorm"] = "arrow"
     channels_last: bool = False
     petastorm_cache_dir: str | None = None  # where the converter materialised ``files`` (petastorm feeder)
+    teacher_column: str | None = None      # distillation: a list<float> column of teacher logits -> batch["teacher"]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", tuple(self.files))
         _check(self.kind in ("image", "text"), f"kind must be 'image' or 'text', got {self.kind!r}")
         _check(self.feeder in FEEDERS, f"feeder must be one of {list(FEEDERS)}, got {self.feeder!r}")
         _check(len(self.files) > 0, "files is empty: the split has no data files; check the table path and split name")
+        _check(not (self.teacher_column and self.feeder == "petastorm"),
+               "teacher_column (distillation) is read by the arrow feeder only; use feeder='arrow'")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.shuffle_buffer >= 0, f"shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
         _check(self.prefetch_batches >= 1 and self.reader_threads >= 1, "prefetch_batches and reader_threads must be >= 1")

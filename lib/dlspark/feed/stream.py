@@ -84,7 +84,8 @@ def fixed_batches(chunks: Iterable[Chunk], *, target: int, pad: int, batch_size:
     """Exactly ``target`` rows cut into batches of ``batch_size`` (the last one may be shorter).
 
     The first ``pad`` rows are kept and repeated (cyclically) at the end when the stream is shorter than
-    ``target``; rows beyond ``target`` are dropped.
+    ``target``; rows beyond ``target`` are dropped. With ``pad`` > 0 every batch carries :data:`WEIGHT`:
+    float32 1 for a row of the stream, 0 for a repeated one, so that evaluation counts every row once.
     """
     held: list[Chunk] = []
     kept: list[Chunk] = []
@@ -108,18 +109,25 @@ def fixed_batches(chunks: Iterable[Chunk], *, target: int, pad: int, batch_size:
 
 
 def _with_padding(chunks: Iterable[Chunk], pad: int, kept: list[Chunk]) -> Iterator[Chunk]:
-    """Yield ``chunks``, copying their first ``pad`` rows into ``kept``, then yield those rows again."""
+    """Yield ``chunks``, copying their first ``pad`` rows into ``kept``, then yield those rows again (weight 0)."""
     need = pad
     for chunk in chunks:
         if need > 0:
             head = take(chunk, slice(0, need))
             kept.append({k: v.copy() for k, v in head.items()})
             need -= rows(head)
-        yield chunk
+        yield _weighted(chunk, 1.0) if pad else chunk
     if pad and kept:
-        again = concat(kept)  # a share shorter than its padding repeats its rows as often as needed
+        again = _weighted(concat(kept), 0.0)  # a share shorter than its padding repeats its rows as often as needed
         for _ in range(-(-pad // rows(again))):
             yield again
+
+
+WEIGHT = "weight"
+
+
+def _weighted(chunk: Chunk, value: float) -> Chunk:
+    return {**chunk, WEIGHT: np.full(rows(chunk), value, np.float32)}
 
 
 def _split(held: list[Chunk], size: int) -> tuple[Chunk, list[Chunk], int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 from dlspark.tracking.target import TrackingError, TrackingTarget
 
@@ -51,10 +51,11 @@ class VersionInfo:
 
 def register_and_promote(
     target: TrackingTarget, name: str, run_id: str, artifact_path: str, metric_name: str, metric_value: float,
+    tags: Mapping[str, str] | None = None,
 ) -> RegistrationResult:
     """Register the model ``artifact_path`` of run ``run_id`` as a new version of ``name``.
 
-    The new version gets alias ``candidate`` and its metric as tags. Alias ``champion`` moves to it when
+    The new version gets alias ``candidate``, its metric and ``tags`` as tags. Alias ``champion`` moves to it when
     there is no champion yet, or when ``metric_value`` is strictly greater than the champion's value of
     the same metric; otherwise the champion stays and the reason says why.
 
@@ -66,8 +67,8 @@ def register_and_promote(
     client = target.client()
     source, model_id = _model_source(client, run_id, artifact_path)
     _ensure_registered_model(client, name)
-    tags = {METRIC_NAME_TAG: metric_name, METRIC_VALUE_TAG: repr(float(metric_value))}
-    mv = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
+    version_tags = {**(tags or {}), METRIC_NAME_TAG: metric_name, METRIC_VALUE_TAG: repr(float(metric_value))}
+    mv = client.create_model_version(name, source, run_id=run_id, tags=version_tags, model_id=model_id)
     client.set_registered_model_alias(name, CANDIDATE, mv.version)
     champion = _alias_version(client, name, CHAMPION)
     promoted, reason = _beats(client, name, champion, metric_name, float(metric_value))

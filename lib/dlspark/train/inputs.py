@@ -49,8 +49,9 @@ def sentiment_labels(cfg: AppConfig, stored: dict[str, int]) -> tuple[tuple[str,
     return (s.negative_label, s.positive_label), mapping
 
 
-def feed_specs(spark: "SparkSession", cfg: AppConfig, snapshot: TableSnapshot, label_map: dict[str, int] | None) -> dict[str, FeedSpec]:
-    """One FeedSpec per split of the snapshot, for the configured feeder."""
+def feed_specs(spark: "SparkSession", cfg: AppConfig, snapshot: TableSnapshot, label_map: dict[str, int] | None,
+               teacher_column: str | None = None) -> dict[str, FeedSpec]:
+    """One FeedSpec per split of the snapshot, for the configured feeder (``teacher_column``: distillation's logits)."""
     tcfg = cfg.train
     kind = "image" if tcfg.task == "image_classification" else "text"
     shape_or_length = _input_shape(snapshot, kind)
@@ -64,7 +65,8 @@ def feed_specs(spark: "SparkSession", cfg: AppConfig, snapshot: TableSnapshot, l
         return {split: petastorm_spec(spark, snapshot.df.where(F.col("split") == split), tcfg.feed, split=split,
                                       cache_dir=cache, min_row_groups=max(2, tcfg.num_workers), **common)
                 for split in SPLITS}
-    return {split: make_spec(tcfg.feed, files=files[split], split=split, **common) for split in SPLITS}
+    return {split: make_spec(tcfg.feed, files=files[split], split=split, teacher_column=teacher_column if split == "train" else None,
+                             **common) for split in SPLITS}
 
 
 def _split_files(snapshot: TableSnapshot, split: str) -> tuple[str, ...]:

@@ -42,14 +42,18 @@ class TrainJob:
 
 
 def default_model_spec(job: TrainJob) -> dict[str, Any]:
-    """The model spec for ``job.config.model``: input channels from the train feed's image shape."""
+    """The model spec for ``job.config.model`` (input channels from the train feed's image shape), with
+    ``train.model_options`` on top."""
     cfg = job.config
     if cfg.model == "minilm":
-        return {"name": "minilm", "encoder": cfg.sentiment.encoder, "num_classes": job.num_classes}
-    channels = int(job.train.image_shape[2])
-    if cfg.model == "resnet":
-        return {"name": "resnet", "variant": "tiny", "in_channels": channels, "num_classes": job.num_classes}
-    return {"name": "cnn", "in_channels": channels, "num_classes": job.num_classes}
+        spec = {"name": "minilm", "encoder": cfg.sentiment.encoder, "num_classes": job.num_classes}
+    elif cfg.model == "textcnn":
+        spec = {"name": "textcnn", "num_classes": job.num_classes}
+    elif cfg.model == "resnet":
+        spec = {"name": "resnet", "variant": "tiny", "in_channels": int(job.train.image_shape[2]), "num_classes": job.num_classes}
+    else:
+        spec = {"name": "cnn", "in_channels": int(job.train.image_shape[2]), "num_classes": job.num_classes}
+    return {**spec, **cfg.model_options}
 
 
 @dataclass(frozen=True)

@@ -46,11 +46,13 @@ class Trainer:
         cfg = job.config
         self.job, self.cfg, self.strategy = job, cfg, strategy
         self.rank0 = strategy.rank == 0
-        self.rt = resolve_runtime(cfg, strategy.local_rank, image_model=cfg.model != "minilm")
+        self.rt = resolve_runtime(cfg, strategy.local_rank, image_model=cfg.task == "image_classification")
         self.store = CheckpointStore(job.checkpoint_dir, job.run_name)
         self.spec = job.model_spec
         self.steps_per_epoch = planned_steps(job.train, strategy.world_size, cfg.max_steps_per_epoch)
         self.nhwc = bool(getattr(job.train, "channels_last", False))
+        d = cfg.distill
+        self.loss = steps.distillation_loss(d.temperature, d.alpha) if d.enabled else steps.hard_loss
         self.timing = {"train_seconds": 0.0, "train_steps": 0.0, "train_samples": 0.0, "eval_seconds": 0.0}
         seed_everything(cfg.seed, cfg.deterministic)
 
@@ -127,7 +129,7 @@ class Trainer:
         with steps.open_batches(self.job.train, rank=self.strategy.rank, world_size=size, epoch=state.epoch) as batches:
             for raw in islice(batches, state.step, self.cfg.max_steps_per_epoch):
                 batch = steps.to_device(raw, self.rt, self.nhwc)
-                steps.train_step(wrapped, optimizer, scheduler, scaler, self.strategy, batch, self.rt, sums)
+                steps.train_step(wrapped, optimizer, scheduler, scaler, self.strategy, batch, self.rt, sums, self.loss)
                 self.timing["train_samples"] += len(raw["y"]) * size
                 state.step, state.global_step, done = state.step + 1, state.global_step + 1, done + 1
                 if state.global_step % self.cfg.checkpoint_every_steps == 0:

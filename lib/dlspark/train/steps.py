@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from contextlib import AbstractContextManager
 from itertools import islice
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -58,13 +58,35 @@ def new_sums(device: torch.device) -> torch.Tensor:
     return torch.zeros(3, dtype=torch.float64, device=device)
 
 
+LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def hard_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy against the labels."""
+    return F.cross_entropy(logits, batch["y"])
+
+
+def distillation_loss(temperature: float, alpha: float) -> LossFn:
+    """``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(labels)`` (Hinton et al.
+    2015: the T^2 keeps the soft term's gradients at the scale of the hard term's as T changes); the batch carries
+    the teacher's logits in ``"teacher"`` (see ``FeedSpec.teacher_column``)."""
+    def loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "teacher" not in batch:
+            raise ValueError("distillation needs the teacher's logits in every batch: build the feed with teacher_column")
+        soft = F.kl_div(F.log_softmax(logits / temperature, dim=1), F.log_softmax(batch["teacher"].float() / temperature, dim=1),
+                        reduction="batchmean", log_target=True)
+        return alpha * temperature ** 2 * soft + (1 - alpha) * F.cross_entropy(logits, batch["y"])
+
+    return loss
+
+
 def train_step(model: nn.Module, optimizer: Any, scheduler: Any, scaler: torch.amp.GradScaler, strategy: Any,
-               batch: dict[str, torch.Tensor], rt: Runtime, sums: torch.Tensor) -> None:
+               batch: dict[str, torch.Tensor], rt: Runtime, sums: torch.Tensor, loss_fn: LossFn = hard_loss) -> None:
     """Forward, backward (all-reduced by the strategy), optimizer and LR step; add to ``sums``."""
     model.train()
     with rt.autocast():
         logits = forward(model, batch)
-        loss = F.cross_entropy(logits.float(), batch["y"])
+        loss = loss_fn(logits.float(), batch)
     optimizer.zero_grad()  # horovod's DistributedOptimizer takes no set_to_none (grads become None either way)
     scaler.scale(loss).backward()
     strategy.step(optimizer, scaler)
@@ -79,9 +101,18 @@ def _accumulate(sums: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor, y:
     sums[2] += n
 
 
+def _accumulate_weighted(sums: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None) -> None:
+    """Add an evaluation batch; rows of weight 0 (a rank's repeated padding rows) count for nothing."""
+    w = torch.ones_like(y, dtype=torch.float64) if weight is None else weight.double()
+    sums[0] += (F.cross_entropy(logits, y, reduction="none").double() * w).sum()
+    sums[1] += ((logits.argmax(1) == y).double() * w).sum()
+    sums[2] += w.sum()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, spec: Any, strategy: Any, rt: Runtime, max_steps: int | None = None) -> dict[str, float]:
-    """Loss and accuracy of ``model`` on ``spec`` over all ranks' shards (every rank gets the same numbers)."""
+    """Loss and accuracy of ``model`` on ``spec`` over all ranks' shards (every rank gets the same numbers); each row
+    of the split counts once (the padding rows that even out the ranks' batch counts have weight 0)."""
     model.eval()
     sums = new_sums(rt.device)
     nhwc = bool(getattr(spec, "channels_last", False))
@@ -90,7 +121,7 @@ def evaluate(model: nn.Module, spec: Any, strategy: Any, rt: Runtime, max_steps:
             batch = to_device(raw, rt, nhwc)
             with rt.autocast():
                 logits = forward(model, batch).float()
-            _accumulate(sums, F.cross_entropy(logits, batch["y"]), logits, batch["y"])
+            _accumulate_weighted(sums, logits, batch["y"], batch.get("weight"))
     return summarize(strategy.allreduce_sum(sums))
 
 

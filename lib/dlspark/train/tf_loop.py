@@ -196,9 +196,10 @@ class TFTrainer:
             return _sums(loss * tf.cast(tf.shape(y)[0], tf.float32), logits, y)
 
         @tf.function(reduce_retracing=True)
-        def eval_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        def eval_step(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
             logits = model(x, training=False)
-            return _sums(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)), logits, y)
+            loss = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+            return _sums(tf.reduce_sum(loss * w), logits, y, w)
 
         return train_step, eval_step
 
@@ -232,7 +233,7 @@ class TFTrainer:
         t0, size = time.perf_counter(), self.dist.world_size
         sums, steps = np.zeros(3), 0
         data = tf_dataset(self.job.train, self.dist.rank, size, epoch).take(self.cfg.max_steps_per_epoch or -1)
-        for x, y in data:
+        for x, y, _ in data:
             sums += self._train_step(x, y).numpy()
             steps += 1
         self.timing["train_seconds"] += time.perf_counter() - t0
@@ -250,8 +251,8 @@ class TFTrainer:
         from dlspark.feed import tf_dataset
 
         t0, sums = time.perf_counter(), np.zeros(3)
-        for x, y in tf_dataset(spec, self.dist.rank, self.dist.world_size, epoch):
-            sums += self._eval_step(x, y).numpy()
+        for x, y, w in tf_dataset(spec, self.dist.rank, self.dist.world_size, epoch):
+            sums += self._eval_step(x, y, w).numpy()
         self.timing["eval_seconds"] += time.perf_counter() - t0
         return _summary(self.dist.allreduce_sum(sums))
 
@@ -307,10 +308,12 @@ def _tf_variable(var: Any) -> tf.Variable:
     return inner
 
 
-def _sums(loss_sum: tf.Tensor, logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-    """[summed loss, correct predictions, examples] of one batch, float64 for exact accumulation."""
-    correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=-1), y), tf.float64))
-    return tf.stack([tf.cast(loss_sum, tf.float64), correct, tf.cast(tf.shape(y)[0], tf.float64)])
+def _sums(loss_sum: tf.Tensor, logits: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None = None) -> tf.Tensor:
+    """[summed loss, correct predictions, examples] of one batch, float64 for exact accumulation; rows of weight
+    ``w`` 0 (padding) count for nothing."""
+    weight = tf.ones_like(y, tf.float64) if w is None else tf.cast(w, tf.float64)
+    correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=-1), y), tf.float64) * weight)
+    return tf.stack([tf.cast(loss_sum, tf.float64), correct, tf.reduce_sum(weight)])
 
 
 def _summary(sums: np.ndarray) -> dict[str, float]:
