@@ -14,7 +14,7 @@ from typing import Sequence
 from dlspark.cli import run_job, run_spark_pipeline
 from pipelines.train import train_model
 
-PIPELINES = ("image_classification", "sentiment")
+PIPELINES = ("image_classification", "sentiment", "sentiment_student")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -290,6 +290,31 @@ def test_onnx_int8_quantizes_matmuls_and_stays_close(tmp_path):
         quantize_onnx_int8(conv_only, tmp_path / "conv-q.onnx")
 
 
+def test_static_int8_quantizes_the_convolutions_with_calibrated_ranges(tmp_path):
+    import onnx
+
+    from dlspark.models.onnx_export import export_onnx_int8, int8_method
+    from dlspark.models.optimize import quantize_onnx_static
+
+    model = image_model()
+    x = np.random.default_rng(8).standard_normal((128, 1, 8, 8)).astype(np.float32)
+    path = export_onnx(model, x[:2], tmp_path / "m.onnx")
+    q = quantize_onnx_static(path, tmp_path / "s.onnx", x[:64])
+    nodes = onnx.load(str(q)).graph.node
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    dequantized = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    assert len(convs) == 4 and all(set(n.input[:2]) <= dequantized for n in convs)   # activations and weights int8
+    expected, got = run_onnx(path, x), run_onnx(q, x)
+    assert 0 < np.abs(got - expected).max() < 0.1 * np.abs(expected).max() + 0.05
+    assert (expected.argmax(1) == got.argmax(1)).mean() >= 0.9
+    assert not (tmp_path / "s-prepared.onnx").exists()
+    with pytest.raises(ValueError, match="calibration rows"):
+        quantize_onnx_static(path, tmp_path / "none.onnx", x[:0])
+    assert int8_method(x) == "static" and int8_method(_text_batch()) == "dynamic"
+    exported = export_onnx_int8(model, x[:2], tmp_path / "e.onnx", calibration=x[:64])
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(exported)).graph.node)
+
+
 def test_l1_pruning_reaches_the_amount_and_only_compresses_better(tmp_path):
     model = image_model()
     pruned = prune_l1(model, 0.5)

@@ -152,38 +152,50 @@ def log_onnx_model(
     return info
 
 
-def export_onnx_int8(model: torch.nn.Module, example: np.ndarray, path: str | Path) -> Path:
-    """:func:`export_onnx`, then onnxruntime's dynamic int8 quantization of its MatMul/Gemm weights into ``path``."""
-    from dlspark.models.optimize import quantize_onnx_int8
+def export_onnx_int8(model: torch.nn.Module, example: np.ndarray, path: str | Path,
+                     calibration: np.ndarray | None = None) -> Path:
+    """:func:`export_onnx`, then int8 into ``path``: image models (convolutions) statically, calibrated on
+    ``calibration`` rows (:func:`~dlspark.models.optimize.quantize_onnx_static`); text models (MatMul) dynamically
+    (:func:`~dlspark.models.optimize.quantize_onnx_int8`), which needs no calibration."""
+    from dlspark.models.optimize import quantize_onnx_int8, quantize_onnx_static
 
     path = Path(path)
     fp32 = export_onnx(model, example, path.with_name(f"{path.stem}-fp32.onnx"))
+    if int8_method(example) == "static":
+        return quantize_onnx_static(fp32, path, calibration if calibration is not None else example)
     return quantize_onnx_int8(fp32, path)
+
+
+def int8_method(example: np.ndarray) -> str:
+    """``static`` for images ([B, C, H, W]: convolutions), ``dynamic`` for tokens ([B, 2, L]: MatMul)."""
+    return "static" if example.ndim == 4 else "dynamic"
 
 
 ONNX = Exporter("onnx", export_onnx, onnx_runner, lambda path, example, extras: log_onnx_model(path, example, extras),
                 suffix=".onnx")
 ONNX_INT8 = Exporter("onnx", export_onnx_int8, onnx_runner,
                      lambda path, example, extras: log_onnx_model(path, example, extras), suffix=".onnx",
-                     format="onnx-int8")
+                     format="onnx-int8", calibrated=True)
 
 
 def export_registered_onnx(
     target, source_uri: str, registered_name: str, *, inputs: np.ndarray | None = None,  # noqa: ANN001
     parity_split: SplitSource | None = None, experiment: str = "dlspark", min_agreement: float = 0.99,
-    int8: bool = False, max_accuracy_drop: float | None = None,
+    int8: bool = False, max_accuracy_drop: float | None = None, calibration_split: SplitSource | None = None,
 ) -> ExportResult:
     """Export a registered pytorch model to ONNX and register it as a new version of ``registered_name``.
 
     See :func:`dlspark.models.registered_export.export_registered` (parameters, parity data, errors); the run logs
     ``onnx_max_abs_diff``, ``onnx_agreement``, ``onnx_parity_rows``, both models' rows/s (and accuracies when the
-    rows have labels). ``int8``: dynamically quantized (format ``onnx-int8``, metrics ``onnx_int8_*``), registered
-    only when its accuracy is at most ``max_accuracy_drop`` (default 0.01) below the source's.
+    rows have labels). ``int8``: quantized (format ``onnx-int8``, metrics ``onnx_int8_*``; image models statically,
+    calibrated on the first rows of ``calibration_split``, text models dynamically), registered only when its accuracy
+    is at most ``max_accuracy_drop`` (default 0.01) below the source's.
     """
     if int8:
         return export_registered(target, source_uri, registered_name, ONNX_INT8, inputs=inputs,
                                  parity_split=parity_split, experiment=experiment, min_agreement=min_agreement,
-                                 max_accuracy_drop=0.01 if max_accuracy_drop is None else max_accuracy_drop)
+                                 max_accuracy_drop=0.01 if max_accuracy_drop is None else max_accuracy_drop,
+                                 calibration_split=calibration_split)
     return export_registered(target, source_uri, registered_name, ONNX, inputs=inputs, parity_split=parity_split,
                              experiment=experiment, min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
 

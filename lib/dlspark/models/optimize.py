@@ -8,6 +8,9 @@ side by side (``bench/optimize_bench.py``). What each does, and does not do:
   CNN gains little; a transformer (MiniLM: almost all Linear) gains most. CPU (fbgemm/x86) only.
 - :func:`quantize_onnx_int8`: onnxruntime's ``quantize_dynamic`` (QInt8 weights) on ``MatMul``/``Gemm`` nodes;
   ``Conv`` stays float by default for the same reason (and onnxruntime's CPU ConvInteger takes uint8 only).
+- :func:`quantize_onnx_static`: onnxruntime's ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations
+  with ranges calibrated on real rows): convolutions too. Weights use 7 bits (``reduce_range``): on AVX2 without
+  VNNI the u8 x s8 kernels saturate, and 8-bit weights cost the Fashion-MNIST CNN 2.5 points, 7-bit 0.2 (measured).
 - :func:`prune_l1`: global unstructured L1 magnitude pruning of Linear and Conv weights (embeddings, biases and
   norms untouched), made permanent with ``prune.remove``. The zeros are still stored densely: the file does
   not shrink, only its compressed size does (:func:`file_sizes`), and dense kernels run no faster.
@@ -66,6 +69,41 @@ def quantize_onnx_int8(onnx_path: str | Path, out_path: str | Path, *,
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     quantize_dynamic(str(onnx_path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types))
+    return out_path
+
+
+def quantize_onnx_static(onnx_path: str | Path, out_path: str | Path, calibration: Any, *, batch_size: int = 64) -> Path:
+    """Write a statically quantized (QDQ) copy of ``onnx_path`` to ``out_path``, activation ranges calibrated (min/max)
+    on ``calibration`` (rows in the model's input form, e.g. a few hundred training rows).
+
+    Raises
+    ------
+    ValueError
+        When there are no calibration rows.
+    """
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if calibration is None or len(calibration) == 0:
+        raise ValueError("static int8 quantization needs calibration rows (e.g. the first rows of the train split)")
+    name = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    batches = [{name: calibration[i:i + batch_size]} for i in range(0, len(calibration), batch_size)]
+
+    class Rows(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter(batches)
+
+        def get_next(self) -> dict | None:
+            return next(self.rows, None)
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    prepared = out_path.with_name(f"{out_path.stem}-prepared.onnx")
+    quant_pre_process(str(onnx_path), str(prepared))   # shape inference + graph optimisation (BatchNorm folded)
+    quantize_static(str(prepared), str(out_path), Rows(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+    prepared.unlink(missing_ok=True)
     return out_path
 
 

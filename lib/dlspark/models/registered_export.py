@@ -50,6 +50,7 @@ class Exporter:
     log_model: Callable[[Path, np.ndarray, Mapping[str, ExtraArtifact]], "ModelInfo"]
     suffix: str = ".bin"                                          # the exported file's extension
     format: str | None = None                                     # FORMAT_TAG value (None = flavor), e.g. onnx-int8
+    calibrated: bool = False                                      # export(..., calibration=rows): static quantization
 
     @property
     def format_tag(self) -> str:
@@ -75,7 +76,7 @@ class ExportResult:
 def export_registered(
     target: TrackingTarget, source_uri: str, registered_name: str, exporter: Exporter, *,
     inputs: np.ndarray | None = None, parity_split: SplitSource | None = None, experiment: str = "dlspark",
-    min_agreement: float = 0.99, max_accuracy_drop: float | None = None,
+    min_agreement: float = 0.99, max_accuracy_drop: float | None = None, calibration_split: SplitSource | None = None,
 ) -> ExportResult:
     """Export the registered pytorch model ``source_uri`` with ``exporter``; register it as ``registered_name``.
 
@@ -91,6 +92,9 @@ def export_registered(
     max_accuracy_drop
         Lossy exports (int8): the most the export's accuracy on the labelled parity rows may fall below the
         source's (e.g. 0.01 = one point); it then needs labelled rows (a parity split).
+    calibration_split
+        Calibrated exporters (static int8): the split whose first ``CALIBRATION_ROWS`` rows set the activation
+        ranges (default: the parity rows; the train split keeps the rows the gate measures on out of calibration).
 
     Both models' speed on the parity rows (rows/s, one process, the same threads, after one warm-up batch) is
     logged as ``source_rows_per_s`` and ``<format>_rows_per_s``: ``dlspark.inference.runtime`` picks by it.
@@ -118,7 +122,12 @@ def export_registered(
         source_dir = Path(mlflow.artifacts.download_artifacts(pinned, dst_path=str(Path(tmp) / "source")))
         model = load_torch_module(str(source_dir))  # eager when extras/model_spec.json says how to build it
         rows, labels, described = parity_rows(source_dir, source_uri, inputs, parity_split)
-        path = exporter.export(model, trace_example(rows), Path(tmp) / f"model{exporter.suffix}")
+        target_file = Path(tmp) / f"model{exporter.suffix}"
+        if exporter.calibrated:
+            calibration = calibration_rows(source_dir, calibration_split, rows)
+            path = exporter.export(model, trace_example(rows), target_file, calibration=calibration)  # type: ignore[call-arg]
+        else:
+            path = exporter.export(model, trace_example(rows), target_file)
         expected, source_rate = timed_logits(torch_logits(model), rows)
         got, export_rate = timed_logits(exporter.runner(path), rows)
         parity = compare_logits(expected, got, min_agreement=min_agreement, what=f"{fmt} export {path.name}")
@@ -208,6 +217,25 @@ def parity_rows(source_dir: Path, source_uri: str, inputs: np.ndarray | None, sp
                         split.split, exc)
     rows = (example or logged_example)(source_dir, source_uri)
     return rows, np.full(len(rows), -1, np.int64), f"the logged input example ({len(rows)} rows)"
+
+
+CALIBRATION_ROWS = 512
+
+
+def calibration_rows(source_dir: Path, split: SplitSource | None, fallback: np.ndarray) -> np.ndarray:
+    """The first :data:`CALIBRATION_ROWS` rows of ``split`` in the model's input form, else of ``fallback``."""
+    if split is not None:
+        rows, _, described = parity_rows(source_dir, "", None, split, example=lambda *_: fallback)
+        mlflow_param("calibration_data", f"first {min(len(rows), CALIBRATION_ROWS)} rows of {described}")
+        return np.ascontiguousarray(rows[:CALIBRATION_ROWS])
+    mlflow_param("calibration_data", f"first {min(len(fallback), CALIBRATION_ROWS)} parity rows")
+    return np.ascontiguousarray(fallback[:CALIBRATION_ROWS])
+
+
+def mlflow_param(key: str, value: str) -> None:
+    import mlflow
+
+    mlflow.log_param(key, value)
 
 
 def trace_example(rows: np.ndarray, n: int = 4) -> np.ndarray:
