@@ -11,6 +11,8 @@
 #   PYSPARK_PYTHON         env, else the profile's spark.python, else .venv/bin/python (absolute)
 #   PYSPARK_DRIVER_PYTHON  env, else .venv/bin/python (client mode); DLSPARK_CONF_DIR=<repo>/conf (client mode)
 #   HF_HUB_OFFLINE=1, --driver-memory from spark.driver_memory
+#   --driver-java-options -Dlog4j2.configurationFile=conf/log4j2.properties   client mode: Spark logs WARN and up
+#                          (give your own --driver-java-options to replace it)
 # Options before JOB go to spark-submit; --archives and --py-files are merged with the ones above.
 # The exit code is the job's (2 = bad config).
 #
@@ -84,6 +86,10 @@ else
     export DLSPARK_CONF_DIR=${DLSPARK_CONF_DIR:-$REPO/conf}
 fi
 [ ${#archives[@]} -eq 0 ] || conf+=(--archives "$(join_by_comma "${archives[@]}")")
+# Spark's JVM logs warnings only (conf/log4j2.properties), unless the caller gives its own driver Java options.
+if [ "$DEPLOY_MODE" = client ] && [[ " ${submit_opts[*]+"${submit_opts[*]}"} " != *" --driver-java-options"* ]]; then
+    conf+=(--driver-java-options "-Dlog4j2.configurationFile=file:$REPO/conf/log4j2.properties")
+fi
 
 cmd=("$SPARK_HOME/bin/spark-submit" --master "$MASTER" --deploy-mode "$DEPLOY_MODE"
      --driver-memory "$DRIVER_MEMORY" --py-files "$(join_by_comma "${py_files[@]}")"

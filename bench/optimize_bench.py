@@ -10,7 +10,8 @@ the ingested tables (``data/tables/images``, ``data/tables/text``) prepared exac
 of the model (neutral tweets: the sentiment model is trained without them) are left out.
 
 Variants, all built here from the eager module (``load_torch_module``): float torch; TorchScript (traced);
-ONNX fp32 (onnxruntime CPU); ONNX int8 (onnxruntime ``quantize_dynamic``, QInt8 weights on MatMul/Gemm);
+ONNX fp32 (onnxruntime CPU); ONNX int8 (onnxruntime ``quantize_dynamic``, QInt8 weights on MatMul/Gemm); ONNX static
+int8 (``quantize_static``, QDQ, convolutions too, activation ranges from the first 512 train rows);
 torch int8 (``quantize_dynamic`` on nn.Linear; convolutions stay float); L1-pruned (global unstructured, 50% of
 Linear/Conv weights, float). One process, ``torch.set_num_threads(2)`` and onnxruntime intra-op threads 2.
 
@@ -56,10 +57,18 @@ DESIGN = {
 log = logging.getLogger("optimize_bench")
 
 
-def variants(module: Any, example: np.ndarray, workdir: Path) -> dict[str, tuple[Callable, Path, dict]]:
-    """``{name: (inputs -> logits, stored file, extra facts)}`` for every variant of ``module``."""
+def variants(module: Any, example: np.ndarray, workdir: Path, calibration: np.ndarray) -> dict[str, tuple[Callable, Path, dict]]:
+    """``{name: (inputs -> logits, stored file, extra facts)}`` for every variant of ``module`` (``calibration``: train
+    rows that set the static int8 variant's activation ranges)."""
     from dlspark.models.onnx_export import export_onnx, onnx_runner
-    from dlspark.models.optimize import prune_l1, quantize_onnx_int8, quantize_torch_int8, save_torch, sparsity
+    from dlspark.models.optimize import (
+        prune_l1,
+        quantize_onnx_int8,
+        quantize_onnx_static,
+        quantize_torch_int8,
+        save_torch,
+        sparsity,
+    )
     from dlspark.models.registered_export import torch_logits
     from dlspark.models.torchscript_export import export_torchscript, torchscript_runner
 
@@ -72,6 +81,9 @@ def variants(module: Any, example: np.ndarray, workdir: Path) -> dict[str, tuple
         "onnx_fp32": (onnx_runner(onnx_fp32, THREADS), onnx_fp32, {}),
         "onnx_int8": (onnx_runner(quantize_onnx_int8(onnx_fp32, workdir / "int8.onnx"), THREADS), workdir / "int8.onnx",
                       {"quantized_ops": "MatMul/Gemm int8; Conv and embeddings float"}),
+        "onnx_int8_static": (onnx_runner(quantize_onnx_static(onnx_fp32, workdir / "static.onnx", calibration), THREADS),
+                             workdir / "static.onnx",
+                             {"quantized_ops": f"QDQ: Conv, MatMul/Gemm int8, ranges from {len(calibration)} train rows"}),
         "torch_int8_dynamic": (torch_logits(int8), save_torch(int8, workdir / "int8.pt"),
                                {"quantized_ops": "nn.Linear int8; Conv and embeddings float"}),
         f"pruned_{int(PRUNE_AMOUNT * 100)}": (torch_logits(pruned), save_torch(pruned, workdir / "pruned.pt"),
@@ -133,7 +145,8 @@ def bench_model(kind: str, args: argparse.Namespace, target: Any, workdir: Path)
     folder = workdir / kind
     folder.mkdir()
     rows, reference = [], None
-    for name, (fn, path, facts) in variants(module, trace_example(data.inputs), folder).items():
+    calibration = read_split(SplitSource(str(REPO / "data" / table), "parquet", "train", limit=512), bundle.preprocessing).inputs
+    for name, (fn, path, facts) in variants(module, trace_example(data.inputs), folder, calibration).items():
         row, logits = measure(name, fn, path, facts, data, reference, batch, args)
         reference = logits if reference is None else reference
         rows.append(row)

@@ -357,14 +357,48 @@ def _optimize_section(r: dict) -> str:
 
 Command: `{r['command']}` ({r['measured_at']}, {r['wall_s']} s). One process, {r['threads']} torch and onnxruntime
 intra-op threads, CPU; pruned = global L1 magnitude pruning of {r['prune_amount']:.0%} of Linear/Conv weights, no
-fine-tuning. int8 is dynamic quantization (weights int8, activations quantized per batch): it covers Linear/MatMul
-layers only, so the CNN's convolutions stay float and gain nothing.
+fine-tuning. Dynamic int8 (weights int8, activations quantized per batch) covers Linear/MatMul layers only, so the
+CNN's convolutions stay float and gain nothing; static int8 (QDQ, activation ranges calibrated on 512 train rows,
+per-channel 7-bit weights) covers the convolutions too.
 
 {chr(10).join(f"- {name}: {text}" for name, text in r['design'].items())}
 {''.join(blocks)}
 Machine: {m['cpu']}, {m['nproc']} cores, load average at start {m['load_average_at_start']}, at end
 {m.get('load_average_at_end')}; Python {m['python']}, torch {m['torch']} (quantized engine {m['quantized_engine']}),
 onnxruntime {m['onnxruntime']}.
+"""
+
+
+def _distill_section(r: dict) -> str:
+    m, blocks = r["machine"], []
+    for res in r["results"]:
+        lines = [f"| {x['variant']} | {x['model']} | {x['accuracy']:.4f} | {x['mb']} | {x['latency_p50_ms_batch1']} | "
+                 f"{x['throughput_rows_per_s']:,.1f} | {x['speedup_over_teacher']} |" for x in res["rows"]]
+        v = res.get("verdict") or {}
+        verdict = (f"\nDistilled student: {v['points_below_teacher']:+g} points below the teacher (target <= "
+                   f"{v['targets']['max_points_below_teacher']:g}), {v['speedup_over_teacher']}x its throughput (target >= "
+                   f"{v['targets']['min_speedup_over_teacher']:g}), {'above' if v['beats_student_without_teacher'] else 'NOT above'} "
+                   f"the same student trained without the teacher: **{'meets' if v['meets'] else 'misses'}** the targets.\n"
+                   if v else "")
+        blocks.append(f"""
+### {res['task']}: {res['data']} ({res['test_rows']} labelled rows)
+
+| model | registered | accuracy | MB (.onnx) | p50 ms, batch 1 | rows/s, batch {r['batch_size']} | x teacher rows/s |
+| --- | --- | --- | --- | --- | --- | --- |
+{chr(10).join(lines)}
+{verdict}""")
+    return f"""
+## Distillation: teacher vs student vs distilled student vs int8 distilled student
+
+Command: `{r['command']}` ({r['measured_at']}, {r['wall_s']} s). Every model as ONNX on onnxruntime, one process,
+{r['threads']} intra-op threads, CPU; the int8 student is the distilled one quantized as `jobs/models.py export-onnx --int8`
+does (images: static QDQ calibrated on 512 train rows; text: dynamic). The students were trained with
+`./spark-submit.sh jobs/train.py --pipeline sentiment_student` (distilled) and the same with
+`--set train.distill.teacher=null` (labels only); the image students with `--pipeline image_classification` and
+`train.model_options={{widths: [8, 16, 32], hidden: 32}}`, 4 epochs, with and without `train.distill.teacher`.
+{''.join(blocks)}
+Machine: {m['cpu']}, {m['nproc']} cores, load average at start {m['load_average_at_start']}, at end
+{m.get('load_average_at_end')}; Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}.
 """
 
 
@@ -381,12 +415,14 @@ def write_benchmarks_md(results: Path, out: Path) -> None:
         body += _train_section(json.loads((results / "train.json").read_text()))
     if (results / "inference.json").exists():
         body += _inference_section(json.loads((results / "inference.json").read_text()))
-    if (results / "stream.json").exists():
-        body += _stream_section(json.loads((results / "stream.json").read_text()))
+    for stream in sorted(results.glob("stream*.json")):
+        body += _stream_section(json.loads(stream.read_text()))
     if (results / "serve.json").exists():
         body += _serve_section(json.loads((results / "serve.json").read_text()))
     if (results / "optimize.json").exists():
         body += _optimize_section(json.loads((results / "optimize.json").read_text()))
+    if (results / "distill.json").exists():
+        body += _distill_section(json.loads((results / "distill.json").read_text()))
     if (results / "tflite.json").exists():
         body += _tflite_section(json.loads((results / "tflite.json").read_text()))
     out.write_text(HEADER + (body or "\nNo results yet.\n"))

@@ -215,6 +215,7 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="inference.model URI (default: the registered champion)")
     parser.add_argument("--workdir", default="/tmp/dlspark-stream-bench")
     parser.add_argument("--no-write", action="store_true", help="print the result only")
+    parser.add_argument("--out", default="stream.json", help="result file under bench/results (one per model compared)")
     args = parser.parse_args()
     runs = []
     for rate in args.rates:
@@ -227,7 +228,7 @@ def main() -> int:
               "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "stream.json").write_text(json.dumps(result, indent=2))
+        (RESULTS / args.out).write_text(json.dumps(result, indent=2))
         sys.path.insert(0, str(REPO))
         from bench.report import write_benchmarks_md
 

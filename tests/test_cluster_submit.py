@@ -123,6 +123,11 @@ def test_client_mode_command_uses_profile_master_and_repo_conf():
     assert "--archives" not in lines
     expected = ["jobs/spark_smoke.py", "--profile", "standalone", "--set", "spark.master=spark://127.0.0.1:7999", "--out", "x.json"]
     assert lines[-7:] == expected
+    assert lines[lines.index("--driver-java-options") + 1] == f"-Dlog4j2.configurationFile=file:{REPO / 'conf' / 'log4j2.properties'}"
+    own = submit("jobs/spark_smoke.py", "--out", "x.json", submit_opts=("--driver-java-options", "-Dx=1"), dry_run=True)
+    lines = own.stdout.splitlines()
+    assert lines.count("--driver-java-options") == 1 and lines[lines.index("--driver-java-options") + 1] == "-Dx=1"
+
 
 
 def test_cluster_mode_command_ships_conf_and_merges_archives():

@@ -47,8 +47,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+OWN_LOGGERS = ("dlspark", "pipelines", "jobs", "__main__", "bench")
+
+
 def setup_logging(cfg: RunConfig, run_id: str) -> None:
-    """Configure the root logger once per process: level, format and the run id on every line."""
+    """Configure logging once per process: format and the run id on every line; dlspark's loggers at
+    ``run.log_level``, every other library (and lines logged on the root logger) at ``run.library_log_level``."""
     handler = logging.StreamHandler()
     handler.addFilter(_RunIdFilter(run_id))
     if cfg.log_format == "json":
@@ -59,7 +63,9 @@ def setup_logging(cfg: RunConfig, run_id: str) -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(cfg.log_level)
+    root.setLevel(cfg.library_log_level)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(cfg.log_level)
     for noisy in ("py4j", "urllib3", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -31,7 +31,8 @@ class RunConfig:
     """Identity and logging of a run."""
 
     name: str = "dlspark"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"          # dlspark's own lines (jobs, pipelines, lib)
+    library_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"   # every other Python library's
     log_format: Literal["text", "json"] = "text"
 
 

@@ -1,0 +1,28 @@
+"""Logging set-up: our lines at run.log_level, every other library at run.library_log_level."""
+from __future__ import annotations
+
+
+def test_logging_shows_our_info_lines_and_other_libraries_warnings(capfd):
+    import logging
+
+    from dlspark.config import RunConfig
+    from dlspark.runlog import setup_logging
+
+    before = [(h, logging.getLogger().level) for h in logging.getLogger().handlers]
+    try:
+        setup_logging(RunConfig(), "run-1")
+        logging.getLogger("dlspark.train.loop").info("ours")
+        logging.getLogger("pipelines.train").info("pipeline")
+        logging.getLogger("mlflow.store").info("library info")
+        logging.info("root info")                         # horovod logs on the root logger
+        logging.getLogger("petastorm").warning("library warning")
+        err = capfd.readouterr().err
+    finally:
+        root = logging.getLogger()
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h, level in before:
+            root.addHandler(h)
+            root.setLevel(level)
+    assert "ours" in err and "pipeline" in err and "library warning" in err and "[run-1]" in err
+    assert "library info" not in err and "root info" not in err
