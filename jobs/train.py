@@ -23,7 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = ", ".join(f"{k}={v:.4f}" for k, v in sorted(s["test_metrics"].items()) if isinstance(v, float))
     print(f"train {run_id}: {s['task']} on {s['backend']} x{s['world_size']} ({s['feeder']} feeder), "
           f"{s['epochs_trained']} epochs, best epoch {s['best_epoch']}; test: {test}")
-    if s["registered_model"]:
+    if s["registered_model"] and not s["registered_now"]:
+        print(f"kept {s['registered_model']} version {s['version']}: {report.registration.reason}")
+    elif s["registered_model"]:
         role = "champion" if s["champion"] else "candidate (champion unchanged)"
         print(f"registered {s['registered_model']} version {s['version']} as {role}; {report.registration.reason}")
     print(f"mlflow run {s['mlflow_run_id']}; browse: {s['mlflow_ui']}")

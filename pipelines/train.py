@@ -24,6 +24,7 @@ from dlspark.feed import (
 from dlspark.paths import resolve_path
 from dlspark.tables import read_table
 from dlspark.tracking import RegistrationResult, log_run_inputs, register_and_promote, resolve_tracking, start_run
+from dlspark.tracking.registry import CHAMPION, WEIGHTS_TAG, find_version
 from dlspark.train import TrainJob, TrainResult, require_supported_session, run_training
 from dlspark.train.inputs import TrainInputError, feed_specs, training_labels
 from dlspark.train.teacher import TEACHER_COLUMN, TeacherTable, teacher_table
@@ -70,13 +71,22 @@ def train_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TrainRepo
                        mlflow_tracking_uri=target.tracking_uri, mlflow_run_id=run.info.run_id)
         result = run_training(job, tcfg.backend, spark=spark)
         _log_result(result)
-        model_uri = _log_model(cfg, result, labels, specs["test"])
+        registered = find_version(target, model_name, WEIGHTS_TAG, result.weights_digest) if result.weights_digest else None
         registration = None
-        if cfg.mlflow.register:
+        if registered is not None:   # a rerun of a finished run: these weights are a version already
+            model_uri = f"models:/{model_name}/{registered.version}"
+            registration = RegistrationResult(registered.version, CHAMPION in registered.aliases, None,
+                                              f"the same trained weights are version {registered.version} already "
+                                              "(a rerun of a finished run): nothing new registered")
+        else:
+            model_uri = _log_model(cfg, result, labels, specs["test"])
+        if cfg.mlflow.register and registered is None:
             metric = cfg.mlflow.promote_metric
             value = _metric(result, metric)
-            registration = register_and_promote(target, model_name, run.info.run_id, "model", metric, value, tags=lineage)
+            tags = {**lineage, **({WEIGHTS_TAG: result.weights_digest} if result.weights_digest else {})}
+            registration = register_and_promote(target, model_name, run.info.run_id, "model", metric, value, tags=tags)
     summary = _summary(cfg, run.info.run_id, result, model_uri, model_name, registration, snapshot, target.ui_command())
+    summary["registered_now"] = registration is not None and registered is None
     log.info("trained %s: test accuracy %.4f; %s", run_name, result.test_metrics.get("test_accuracy", float("nan")),
              registration.reason if registration else "not registered")
     return TrainReport(run.info.run_id, result, model_uri, model_name if registration else None, registration,

@@ -59,8 +59,12 @@ def image_table(tmp_path_factory) -> Path:
     return write_image_table(tmp_path_factory.mktemp("images"), {"train": 256, "val": 64, "test": 64})
 
 
-def test_local_learns_separable_images(image_table, tmp_path):
-    result = run_training(image_job(image_table, tmp_path), "local")
+def test_local_learns_separable_images(image_table, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="dlspark.train.loop"):
+        result = run_training(image_job(image_table, tmp_path, log_every_steps=5), "local")
+    steps = [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
+    assert [m.split(":")[0] for m in steps] == [f"epoch {e} step {s}/16" for e in (0, 1) for s in (5, 10, 15)]
+    assert all("rows/s" in m and "left in the epoch" in m for m in steps)
     assert [h["epoch"] for h in result.history] == [0, 1]
     assert result.test_metrics["test_accuracy"] >= 0.9, result.test_metrics
     assert result.test_metrics["test_count"] == 64
@@ -83,6 +87,9 @@ def test_rerun_of_a_finished_run_trains_nothing(image_table, tmp_path):
     again = run_training(image_job(image_table, tmp_path, epochs=1), "local")
     assert again.resumed_from is not None and again.timing["train_steps"] == 0
     assert again.history == first.history and again.test_metrics == first.test_metrics
+    assert again.weights_digest == first.weights_digest and len(first.weights_digest) == 64
+    other = run_training(image_job(image_table, tmp_path, run_name="other", epochs=1, seed=7), "local")
+    assert other.weights_digest != first.weights_digest
 
 
 def test_bf16_autocast_runs_on_cpu(image_table, tmp_path):

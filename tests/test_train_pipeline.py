@@ -54,6 +54,12 @@ def test_local_backend_trains_logs_and_registers(spark, image_table, feeder):
     versions = {v.version: v for v in list_versions(target, "test-images")}
     assert CANDIDATE in versions[report.registration.version].aliases
     assert any(CHAMPION in v.aliases for v in versions.values())
+    assert s["registered_now"] and versions[report.registration.version].tags["dlspark.weights_sha256"] == report.result.weights_digest
+
+    again = train_model(spark, cfg, f"rerun-{feeder}")            # the finished run: the same weights, no new version
+    assert not again.summary["registered_now"] and again.registration.version == report.registration.version
+    assert "nothing new registered" in again.registration.reason
+    assert len(list_versions(target, "test-images")) == len(versions)
 
 
 @pytest.mark.slow

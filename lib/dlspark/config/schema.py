@@ -259,6 +259,7 @@ class TrainConfig:
     run_name: str | None = None           # resume key; null = the task name
     checkpoint_dir: str = "checkpoints"   # local path or fsspec URI; <dir>/<run_name>/
     checkpoint_every_steps: int = 200
+    log_every_steps: int = 50             # rank 0 logs step, running loss, rows/s and time left every N steps (0 = off)
     early_stopping_patience: int = 3      # epochs without a better val metric before stopping (0 = off)
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     feed: FeedConfig = field(default_factory=FeedConfig)
@@ -271,6 +272,7 @@ class TrainConfig:
         _require(self.lr > 0, f"train.lr: must be > 0, got {self.lr}")
         _require(self.warmup_epochs >= 0, "train.warmup_epochs: must be >= 0")
         _require(self.checkpoint_every_steps >= 1, "train.checkpoint_every_steps: must be >= 1")
+        _require(self.log_every_steps >= 0, "train.log_every_steps: must be >= 0 (0 = no step lines)")
         _require(self.early_stopping_patience >= 0, "train.early_stopping_patience: must be >= 0")
         for name in ("max_steps_per_epoch", "limit_rows"):
             value = getattr(self, name)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CANDIDATE, CHAMPION = "candidate", "champion"
+WEIGHTS_TAG = "dlspark.weights_sha256"      # TrainResult.weights_digest: the same weights register once
 METRIC_NAME_TAG, METRIC_VALUE_TAG = "dlspark.metric_name", "dlspark.metric_value"
 HISTORY_TAG = "dlspark.champion_history"
 HISTORY_KEEP = 200  # the tag value has a size limit; older entries are dropped
@@ -130,6 +131,15 @@ def list_versions(target: TrackingTarget, name: str) -> list[VersionInfo]:
                                tags.get(METRIC_NAME_TAG), float(value) if value is not None else None,
                                int(mv.creation_timestamp or 0), tags))
     return sorted(out, key=lambda v: int(v.version), reverse=True)
+
+
+def find_version(target: TrackingTarget, name: str, tag: str, value: str) -> VersionInfo | None:
+    """The newest version of ``name`` whose tag ``tag`` is ``value``; None when there is none (or no such model)."""
+    try:
+        versions = list_versions(target, name)
+    except TrackingError:
+        return None
+    return next((v for v in versions if v.tags.get(tag) == value), None)
 
 
 def champion_history(target: TrackingTarget, name: str) -> list[str]:

@@ -1,8 +1,11 @@
 """What a training process receives (:class:`TrainJob`) and what rank 0 hands back (:class:`TrainResult`)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
+
+import numpy as np
 
 from dlspark.config import TrainConfig
 
@@ -41,6 +44,17 @@ class TrainJob:
         return dict(self.model) if self.model is not None else default_model_spec(self)
 
 
+def weights_digest(weights: Iterable[tuple[str, Any]]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor (torch) or array (numpy, TF), in order: the identity
+    of trained weights, so that a rerun of a finished run is recognised and registers nothing new."""
+    digest = hashlib.sha256()
+    for name, value in weights:
+        array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def default_model_spec(job: TrainJob) -> dict[str, Any]:
     """The model spec for ``job.config.model`` (input channels from the train feed's image shape), with
     ``train.model_options`` on top."""
@@ -72,3 +86,4 @@ class TrainResult:
     resumed_from: str | None = None
     stopped_early: bool = False
     timing: dict[str, float] = field(default_factory=dict)
+    weights_digest: str | None = None     # sha256 of the best weights: the same weights register once

@@ -18,8 +18,9 @@ import torch
 from dlspark.models import build_model
 from dlspark.train import steps
 from dlspark.train.checkpoint import CheckpointStore
-from dlspark.train.job import TrainJob, TrainResult
+from dlspark.train.job import TrainJob, TrainResult, weights_digest
 from dlspark.train.phases import LoopState, Phase, apply_trainable, better, make_optimizer, plan_phases, warmup_steps
+from dlspark.train.progress import StepProgress
 from dlspark.train.runtime import epoch_seed, resolve_runtime, seed_everything
 from dlspark.train.schedule import make_scheduler, scaled_lr
 from dlspark.train.sizing import planned_steps
@@ -67,12 +68,13 @@ class Trainer:
             if state.epoch < phase.stop:
                 resume = ckpt if ckpt and ckpt["phase"] == phase.name else None
                 weights = self._run_phase(phase, state, weights, resume)
-        test = self._test()
+        test, digest = self._test()
         return TrainResult(
             history=tuple(state.history), best_epoch=state.best_epoch, best_metric=float(state.best_metric or 0.0),
             monitor=self.cfg.monitor, test_metrics=test, model_path=f"{self.store.uri}/best.pt", model_spec=self.spec,
             backend=self.strategy.name, world_size=self.strategy.world_size,
-            resumed_from=found[0] if found else None, stopped_early=state.stopped_early, timing=dict(self.timing))
+            resumed_from=found[0] if found else None, stopped_early=state.stopped_early, timing=dict(self.timing),
+            weights_digest=digest)
 
     def _run_phase(self, phase: Phase, state: LoopState, weights: dict | None, resume: dict | None) -> dict:
         """Train the epochs of ``phase`` still to do; return the final weights."""
@@ -127,15 +129,24 @@ class Trainer:
         wrapped, model, optimizer, scheduler, scaler = parts
         done, size = 0, self.strategy.world_size
         with steps.open_batches(self.job.train, rank=self.strategy.rank, world_size=size, epoch=state.epoch) as batches:
+            total = min(len(batches), self.cfg.max_steps_per_epoch or len(batches))
+            progress = StepProgress(state.epoch, total, self.cfg.log_every_steps if self.rank0 else 0, first_step=state.step)
             for raw in islice(batches, state.step, self.cfg.max_steps_per_epoch):
                 batch = steps.to_device(raw, self.rt, self.nhwc)
                 steps.train_step(wrapped, optimizer, scheduler, scaler, self.strategy, batch, self.rt, sums, self.loss)
                 self.timing["train_samples"] += len(raw["y"]) * size
                 state.step, state.global_step, done = state.step + 1, state.global_step + 1, done + 1
+                self._progress(progress, state.step, len(raw["y"]) * size, sums)
                 if state.global_step % self.cfg.checkpoint_every_steps == 0:
                     state.partial = [float(v) for v in self.strategy.allreduce_sum(sums.clone()).cpu()]
                     self._checkpoint(state, parts, phase)
         return done
+
+    def _progress(self, progress: StepProgress, step: int, rows: int, sums: torch.Tensor) -> None:
+        """Rank 0's step line every ``train.log_every_steps`` (loss and accuracy over its own shard so far)."""
+        if progress.due(step, rows):
+            running = steps.summarize(sums)
+            logger.info("%s", progress.line(step, running["loss"], running["accuracy"]))
 
     def _finish_epoch(self, state: LoopState, record: dict[str, Any], model: torch.nn.Module, phase: Phase) -> None:
         """Record the epoch, save the best model, decide early stopping; move the position to the next epoch."""
@@ -178,13 +189,14 @@ class Trainer:
             metrics = {k: float(v) for k, v in record.items() if k not in ("epoch", "phase")}
             log_epoch_metrics(self.job.mlflow_tracking_uri, self.job.mlflow_run_id, metrics, step=record["epoch"])
 
-    def _test(self) -> dict[str, float]:
-        """Metrics of the best model on the test split (every rank evaluates its shard)."""
-        if self.job.test is None:
-            return {}
+    def _test(self) -> tuple[dict[str, float], str]:
+        """Metrics of the best model on the test split (every rank evaluates its shard), and its weights' digest."""
         best = self.strategy.broadcast_object(self.store.load_best() if self.rank0 else None)
+        digest = weights_digest(best["model"].items())
+        if self.job.test is None:
+            return {}, digest
         model = build_model(self.spec)
         model.load_state_dict(best["model"])
         model.to(self.rt.device, memory_format=torch.channels_last if self.rt.channels_last else torch.preserve_format)
         metrics = steps.evaluate(model, self.job.test, self.strategy, self.rt)
-        return {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"], "test_count": metrics["count"]}
+        return {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"], "test_count": metrics["count"]}, digest

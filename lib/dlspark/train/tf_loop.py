@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from dlspark.models.keras_image import build_keras_model
-from dlspark.train.job import TrainJob, TrainResult
+from dlspark.train.job import TrainJob, TrainResult, weights_digest
 from dlspark.train.phases import better
 from dlspark.train.schedule import scaled_lr
 from dlspark.train.sizing import planned_steps
@@ -216,7 +216,8 @@ class TFTrainer:
             history=tuple(self.state["history"]), best_epoch=self.state["best_epoch"],
             best_metric=float(self.state["best_metric"] or 0.0), monitor=self.cfg.monitor, test_metrics=test,
             model_path=export, model_spec=self.spec, backend=self.dist.name, world_size=self.dist.world_size,
-            resumed_from=resumed, stopped_early=self.state["stopped_early"], timing=dict(self.timing))
+            resumed_from=resumed, stopped_early=self.state["stopped_early"], timing=dict(self.timing),
+            weights_digest=weights_digest((str(i), w) for i, w in enumerate(self.model.get_weights())))
 
     def _restore(self) -> str | None:
         latest = self.manager.latest_checkpoint if self.rank0 else None
