@@ -6,7 +6,7 @@
 # The master and deploy mode come from the job's own --profile NAME (default local), --conf FILE and
 # --set KEY=VALUE arguments, read with dlspark.config.load_config, so spark-submit and the job agree.
 # What it ships and sets:
-#   --py-files build/spark-submit/dlspark.zip   the dlspark wheel (lib/ + pipelines/), rebuilt when they change
+#   --py-files build/spark-submit/dlspark-<digest>.zip   the dlspark wheel (lib/ + pipelines/), one per source state
 #   --archives build/spark-submit/conf.zip#conf  cluster deploy mode only; DLSPARK_CONF_DIR=./conf on the driver
 #   PYSPARK_PYTHON         env, else the profile's spark.python, else .venv/bin/python (absolute)
 #   PYSPARK_DRIVER_PYTHON  env, else .venv/bin/python (client mode); DLSPARK_CONF_DIR=<repo>/conf (client mode)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def test_smoke_job_runs_python_tasks_on_both_executors(standalone_2_workers, tmp
     assert result["driver_pid"] not in task_pids
     assert len(task_pids) >= 2, result["tasks"]
     assert {task["python"] for task in result["tasks"]} == {VENV_PYTHON}
-    assert all("dlspark.zip" in task["dlspark"] for task in result["tasks"]), result["tasks"][0]["dlspark"]
+    assert all(re.search(r"dlspark-[0-9a-f]{16}\.zip", task["dlspark"]) for task in result["tasks"]), result["tasks"][0]["dlspark"]
     assert sum(task["rows"] for task in result["tasks"]) == 1000
     assert f"distinct executor python pids: {len(task_pids)} " in proc.stdout
 
@@ -108,7 +109,7 @@ def test_smoke_job_in_local_mode_uses_the_shipped_bundle(tmp_path):
     result = json.loads(out.read_text())
     assert result["driver_pid"] not in {task["pid"] for task in result["tasks"]}
     assert {task["python"] for task in result["tasks"]} == {VENV_PYTHON}
-    assert all("dlspark.zip" in task["dlspark"] for task in result["tasks"])
+    assert all(re.search(r"dlspark-[0-9a-f]{16}\.zip", task["dlspark"]) for task in result["tasks"])
 
 
 def test_client_mode_command_uses_profile_master_and_repo_conf():
@@ -119,7 +120,8 @@ def test_client_mode_command_uses_profile_master_and_repo_conf():
     assert f"DLSPARK_CONF_DIR={REPO / 'conf'}" in lines
     assert lines[lines.index("--master") + 1] == "spark://127.0.0.1:7999"
     assert lines[lines.index("--deploy-mode") + 1] == "client"
-    assert lines[lines.index("--py-files") + 1] == str(REPO / "build" / "spark-submit" / "dlspark.zip")
+    bundle = Path(lines[lines.index("--py-files") + 1])
+    assert bundle.parent == REPO / "build" / "spark-submit" and re.fullmatch(r"dlspark-[0-9a-f]{16}\.zip", bundle.name)
     assert "--archives" not in lines
     expected = ["jobs/spark_smoke.py", "--profile", "standalone", "--set", "spark.master=spark://127.0.0.1:7999", "--out", "x.json"]
     assert lines[-7:] == expected
@@ -247,3 +249,27 @@ def test_batch_inference_job_ships_the_model_to_cluster_executors(standalone_2_w
     assert "shipped model models:/test-images/1 to executors" in proc.stderr + proc.stdout, output_tail(proc)
     assert f"rows {N_IMAGES} = {N_IMAGES - 2} predicted + 2 errors" in proc.stdout, output_tail(proc)
     assert pq.read_table(tmp_path / "tables/predictions/test-images").num_rows == N_IMAGES
+
+
+def test_a_source_change_builds_a_new_bundle_and_leaves_the_running_one_alone(tmp_path, monkeypatch):
+    """A job imports from its --py-files zip by path for as long as it runs: a later submit with other sources must
+    not rewrite that file (it did: the running job failed with zipimport's "bad local file header")."""
+    from dlspark.spark import packaging
+
+    digests = iter(["a" * 16, "a" * 16, "b" * 16] + [f"{i:016x}" for i in range(5)])
+    monkeypatch.setattr(packaging, "source_digest", lambda repo: next(digests))
+
+    def fake_wheel(repo, out_dir):  # noqa: ANN001, ANN202
+        wheel = out_dir / "dlspark-0.1.0-py3-none-any.whl"
+        wheel.write_bytes(os.urandom(64))
+        return wheel
+
+    monkeypatch.setattr(packaging, "build_wheel", fake_wheel)
+    first = packaging.py_files_bundle(REPO, tmp_path)
+    content = first.read_bytes()
+    assert packaging.py_files_bundle(REPO, tmp_path) == first                       # same sources: reused
+    second = packaging.py_files_bundle(REPO, tmp_path)
+    assert second != first and first.read_bytes() == content                        # the old bundle is untouched
+    for _ in range(5):
+        packaging.py_files_bundle(REPO, tmp_path)
+    assert len(list(tmp_path.glob("dlspark-*.zip"))) == packaging.KEEP_BUNDLES

@@ -1,7 +1,7 @@
 """What ``spark-submit.sh`` ships and how it launches: the package bundle, the conf archive, the master.
 
 The dlspark distribution (``lib/dlspark`` + ``pipelines``) is built as a wheel, cached until a file under
-``lib/`` or ``pipelines/`` (or ``setup.py``) changes, and copied to ``dlspark.zip`` for ``--py-files``
+``lib/`` or ``pipelines/`` (or ``setup.py``) changes, and copied to ``dlspark-<digest>.zip`` for ``--py-files``
 (PySpark only puts ``.zip``/``.egg``/``.jar`` files on executors' ``sys.path``; a pure-Python wheel is a
 zip). ``conf/`` is zipped for ``--archives conf.zip#conf`` in cluster deploy mode. Pure code: no Spark.
 
@@ -29,7 +29,8 @@ from dlspark.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-PY_FILES_NAME = "dlspark.zip"
+PY_FILES_NAME = "dlspark-{digest}.zip"   # a new name per source digest: a running job's bundle never changes under it
+KEEP_BUNDLES = 4
 CONF_ARCHIVE_NAME = "conf.zip"
 _SKIP_PARTS = ("__pycache__", ".egg-info", ".pytest_cache")
 
@@ -65,25 +66,28 @@ def source_digest(repo: Path) -> str:
 
 
 def py_files_bundle(repo: Path, build_dir: Path) -> Path:
-    """Return ``build_dir/dlspark.zip`` (the wheel's bytes), rebuilding the wheel only when sources changed.
+    """Return ``build_dir/dlspark-<source digest>.zip`` (the wheel's bytes), building it only when sources changed.
 
-    Files are replaced atomically, so a concurrent submit reads either the old or the new bundle.
+    Each source state gets its own file, written atomically and never rewritten: a job still running imports from
+    its bundle by path (zipimport rereads the file), so rebuilding in place broke running jobs with "bad local file
+    header" when another submit changed the sources. The :data:`KEEP_BUNDLES` newest bundles are kept.
     """
-    bundle, stamp = build_dir / PY_FILES_NAME, build_dir / "dlspark.digest"
     want = source_digest(repo)
-    if bundle.is_file() and stamp.is_file() and stamp.read_text().strip() == want:
-        log.info("reusing %s (sources unchanged, digest %s)", bundle, want)
+    bundle = build_dir / PY_FILES_NAME.format(digest=want)
+    if bundle.is_file():
+        log.info("reusing %s (sources unchanged)", bundle)
         return bundle
     build_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".wheel-", dir=build_dir) as tmp:
         wheel = build_wheel(repo, Path(tmp))
         for old in build_dir.glob("dlspark-*.whl"):
             old.unlink(missing_ok=True)
-        shutil.copyfile(wheel, Path(tmp) / PY_FILES_NAME)
+        shutil.copyfile(wheel, Path(tmp) / bundle.name)
         os.replace(wheel, build_dir / wheel.name)
-        os.replace(Path(tmp) / PY_FILES_NAME, bundle)
-    _write_atomically(stamp, (want + "\n").encode())
-    log.info("built %s and %s (digest %s)", wheel.name, bundle, want)
+        os.replace(Path(tmp) / bundle.name, bundle)
+    for old in sorted(build_dir.glob(PY_FILES_NAME.format(digest="*")), key=lambda p: p.stat().st_mtime)[:-KEEP_BUNDLES]:
+        old.unlink(missing_ok=True)
+    log.info("built %s and %s", wheel.name, bundle)
     return bundle
 
 
@@ -142,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dlspark.spark.packaging", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    bundle = sub.add_parser("bundle", help="build (or reuse) dlspark.zip and conf.zip")
+    bundle = sub.add_parser("bundle", help="build (or reuse) dlspark-<digest>.zip and conf.zip")
     bundle.add_argument("--repo", default=".", help="repository root (has setup.py, lib/, conf/)")
     bundle.add_argument("--build-dir", default="build/spark-submit", help="where the bundle is cached")
     settings = sub.add_parser("settings", help="master, deploy mode, python, driver memory for the job args")
