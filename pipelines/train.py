@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -71,6 +72,8 @@ def train_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TrainRepo
                        mlflow_tracking_uri=target.tracking_uri, mlflow_run_id=run.info.run_id)
         result = run_training(job, tcfg.backend, spark=spark)
         _log_result(result)
+        if tcfg.report:
+            _log_report(cfg, result, labels, specs["test"], run_name)
         registered = find_version(target, model_name, WEIGHTS_TAG, result.weights_digest) if result.weights_digest else None
         registration = None
         if registered is not None:   # a rerun of a finished run: these weights are a version already
@@ -101,6 +104,29 @@ def distill_lineage(cfg: AppConfig, teacher: TeacherTable | None) -> dict[str, s
     return {"dlspark.distill.teacher": ref.label, "dlspark.distill.teacher_uri": ref.uri,
             "dlspark.distill.teacher_runtime": teacher.teacher.runtime_label, "dlspark.distill.temperature": str(d.temperature),
             "dlspark.distill.alpha": str(d.alpha), "dlspark.distill.table": teacher.snapshot.path}
+
+
+def _log_report(cfg: AppConfig, result: TrainResult, labels: tuple[str, ...], test: FeedSpec, run_name: str) -> None:
+    """The training report beside the run's checkpoints and in the MLflow run (``report/``)."""
+    import tempfile
+
+    import mlflow
+
+    from dlspark.filesystem import resolve
+    from dlspark.paths import is_uri
+    from dlspark.train.run_report import write_run_report
+
+    folder = f"{resolve_path(cfg.paths.data_dir, cfg.train.checkpoint_dir).rstrip('/')}/{run_name}/report"
+    facts = {"run": run_name, "task": cfg.train.task, "model": result.model_spec.get("name"), "backend": result.backend,
+             "world size": result.world_size, "best epoch": result.best_epoch, cfg.train.monitor: result.best_metric}
+    with tempfile.TemporaryDirectory(prefix="dlspark-report-") as tmp:
+        local = Path(tmp) if is_uri(folder) else Path(folder)
+        page = write_run_report(result, test, labels, local, facts, tokenizer=cfg.ingest_text.tokenizer)
+        if is_uri(folder):
+            fs, path = resolve(folder)
+            fs.put(str(local), path, recursive=True)
+        mlflow.log_artifacts(str(local), "report")
+    log.info("training report: %s (MLflow run artifacts: report/)", folder if is_uri(folder) else page)
 
 
 def _metric(result: TrainResult, name: str) -> float:

@@ -55,6 +55,10 @@ def test_local_backend_trains_logs_and_registers(spark, image_table, feeder):
     assert CANDIDATE in versions[report.registration.version].aliases
     assert any(CHAMPION in v.aliases for v in versions.values())
     assert s["registered_now"] and versions[report.registration.version].tags["dlspark.weights_sha256"] == report.result.weights_digest
+    page = image_table / "checkpoints" / f"local-{feeder}" / "report" / "report.html"
+    assert page.is_file() and "Per class (test split)" in page.read_text()
+    logged = {a.path for a in target.client().list_artifacts(report.mlflow_run_id, "report")}
+    assert {"report/report.html", "report/curves.png", "report/confusion.png"} <= logged
 
     again = train_model(spark, cfg, f"rerun-{feeder}")            # the finished run: the same weights, no new version
     assert not again.summary["registered_now"] and again.registration.version == report.registration.version

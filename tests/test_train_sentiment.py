@@ -59,3 +59,24 @@ def test_frozen_then_finetuned_sentiment(tmp_path):
     assert not torch.equal(final[top], pretrained[top])       # fine-tuned
     assert torch.equal(final[bottom], pretrained[bottom])     # stayed frozen
     assert not torch.equal(final["head.1.weight"], pretrained["head.1.weight"])
+
+
+def test_text_student_trains_and_its_report_shows_mistakes_as_text(tmp_path):
+    from dlspark.train.run_report import write_run_report
+
+    table = write_text_table(tmp_path / "text", {"train": 96, "val": 30, "test": 30})
+    cfg = TrainConfig(task="sentiment", model="textcnn", epochs=1, lr=0.01, warmup_epochs=0.0, early_stopping_patience=0,
+                      feed=FeedConfig(batch_size=16, shuffle_buffer=64, reader_threads=1, prefetch_batches=2, augment=False))
+    specs = {s: make_spec(cfg.feed, kind="text", files=[str(table / f"split={s}" / "part-0.parquet")], split=s,
+                          max_length=LENGTH, label_map={"negative": 0, "positive": 1}) for s in ("train", "val", "test")}
+    job = TrainJob(config=cfg, train=specs["train"], val=specs["val"], test=specs["test"], num_classes=2,
+                   labels=("negative", "positive"), checkpoint_dir=str(tmp_path / "ckpt"), run_name="student")
+    result = run_training(job, "local")
+    assert result.model_spec["name"] == "textcnn" and result.test_metrics["test_count"] == 20
+    page = write_run_report(result, job.test, job.labels, tmp_path / "report", {"run": "student"}).read_text()
+    assert "<tr><th>test rows</th><td>20</td></tr>" in page
+    from dlspark.train.run_report import displayable
+
+    enc = tokenize_batch(load_tokenizer("minilm"), ["I love this film"], LENGTH)
+    ids = enc.input_ids[0][: int(enc.attention_mask[0].sum())]
+    assert displayable({7: ids}, job.test) == {7: "i love this film"}           # words back, no [CLS] / [SEP]

@@ -158,3 +158,13 @@ def test_horovod_two_processes_train_tf(spark, image_table, tmp_path):
     assert result.history[0]["steps"] == 8  # 256 rows / 2 ranks / batch 16
     assert result.test_metrics["test_count"] == 64 and result.test_metrics["test_accuracy"] >= 0.9
     assert (tmp_path / "hvd" / BEST_WEIGHTS).is_file() and (tmp_path / "hvd" / "saved_model" / "saved_model.pb").is_file()
+
+
+def test_training_report_of_a_keras_run(local_run, tmp_path):
+    from dlspark.train.run_report import write_run_report
+
+    job, result = local_run
+    page = write_run_report(result, job.test, job.labels, tmp_path / "report", {"run": "tf"})
+    text = page.read_text()
+    assert "Per class (test split)" in text and f"<tr><th>test rows</th><td>{int(result.test_metrics['test_count'])}</td>" in text
+    assert (tmp_path / "report" / "confusion.png").stat().st_size > 1000

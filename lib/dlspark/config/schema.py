@@ -260,6 +260,7 @@ class TrainConfig:
     checkpoint_dir: str = "checkpoints"   # local path or fsspec URI; <dir>/<run_name>/
     checkpoint_every_steps: int = 200
     log_every_steps: int = 50             # rank 0 logs step, running loss, rows/s and time left every N steps (0 = off)
+    report: bool = True                   # learning curves, confusion, per-class, calibration, mistakes (HTML + PNGs)
     early_stopping_patience: int = 3      # epochs without a better val metric before stopping (0 = off)
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     feed: FeedConfig = field(default_factory=FeedConfig)

@@ -131,3 +131,35 @@ def summarize(sums: torch.Tensor) -> dict[str, float]:
     if n == 0:
         return {"loss": math.nan, "accuracy": math.nan, "count": 0.0}
     return {"loss": loss_sum / n, "accuracy": correct / n, "count": n}
+
+
+@torch.no_grad()
+def predict_split(model: nn.Module, spec: Any, rt: Runtime, keep_mistakes: int = 20) -> dict[str, Any]:
+    """One process over the whole split (no padding rows): ``probs [n, classes]``, ``y [n]`` and ``examples``, the
+    model inputs of the ``keep_mistakes`` most confident wrong rows by row index (images as the normalised
+    ``x``, text as ``input_ids`` with padding cut) — at most that many rows are held, whatever the split's size."""
+    model.eval()
+    nhwc = bool(getattr(spec, "channels_last", False))
+    probs, ys, held = [], [], []   # held: (confidence, row, input)
+    offset = 0
+    with open_batches(spec, rank=0, world_size=1, epoch=0) as batches:
+        for raw in batches:
+            batch = to_device(raw, rt, nhwc)
+            with rt.autocast():
+                p = torch.softmax(forward(model, batch).float(), dim=1).cpu().numpy()
+            y = raw["y"]
+            for i in np.flatnonzero(p.argmax(1) != y):
+                held.append((float(p[i].max()), offset + int(i), _example(raw, int(i))))
+            held = sorted(held, key=lambda h: -h[0])[:keep_mistakes]
+            probs.append(p)
+            ys.append(y)
+            offset += len(y)
+    return {"probs": np.concatenate(probs) if probs else np.zeros((0, 0), np.float32),
+            "y": np.concatenate(ys) if ys else np.zeros(0, np.int64), "examples": {row: x for _, row, x in held}}
+
+
+def _example(raw: dict[str, np.ndarray], i: int) -> np.ndarray:
+    if "x" in raw:
+        return raw["x"][i].copy()
+    ids, mask = raw["input_ids"][i], raw["attention_mask"][i]
+    return ids[: int(mask.sum())].copy()
