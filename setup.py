@@ -17,7 +17,7 @@ EXTRAS = {
     # Spark Connect client (pyspark 4: SparkSession.builder.remote("sc://..." or "local[2]")).
     "connect": ["pyspark[connect]>=4.0"],
     "delta": ["deltalake>=1.0"],
-    "mlflow": ["mlflow>=3.0"],
+    "mlflow": ["mlflow>=3.0", "matplotlib>=3.7", "scikit-learn>=1.3"],   # reports: plots and per-class metrics
     # ONNX export of image models (torch's TorchScript exporter, so no onnxscript) and onnxruntime inference.
     "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
     # REST serving (jobs/serve.py): httpx is what FastAPI's TestClient and bench/serve_bench.py talk through.
