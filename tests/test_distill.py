@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -166,6 +167,10 @@ def test_student_learns_from_a_registered_teacher_scored_once(spark, image_root)
     images = spark.read.parquet(str(image_root / "tables" / "images"))
     assert logits.count() == images.count() == 96 and logits.where(f"{TEACHER_COLUMN} IS NULL").count() == 0
     assert json.loads((table / MARKER).read_text())["teacher"] == "models:/teacher-images/1"
+    source_order = images.where("split = 'train'").select("label").toPandas()["label"]
+    written = pd.concat([pd.read_parquet(f, columns=["label"]) for f in sorted((table / "split=train").glob("*.parquet"))])
+    changes = lambda labels: int((labels.to_numpy()[1:] != labels.to_numpy()[:-1]).sum())  # noqa: E731
+    assert changes(source_order) < 10 < changes(written["label"])   # ingest wrote classes in runs; the table mixes them
     assert report.summary["test_metrics"]["test_accuracy"] >= 0.8, report.summary["test_metrics"]
     assert report.result.model_spec["widths"] == [4, 8]
     target = resolve_tracking(load_config().mlflow, str(image_root))
