@@ -46,7 +46,7 @@ log = logging.getLogger("distill_bench")
 
 def bench_task(task: str, args: argparse.Namespace, target, workdir: Path) -> dict:  # noqa: ANN001
     from bench.optimize_bench import THREADS, measure
-    from dlspark.inference.model import load_model
+    from dlspark.inference.model import ModelResolutionError, load_model
     from dlspark.inference.predictors import load_torch_module
     from dlspark.models.onnx_export import export_onnx, export_onnx_int8, onnx_runner
     from dlspark.models.parity import SplitData, SplitSource, read_split
@@ -54,9 +54,16 @@ def bench_task(task: str, args: argparse.Namespace, target, workdir: Path) -> di
 
     table, *uris = TASKS[task]
     source = str(REPO / "data" / table)
-    rows, teacher_rate = [], None
+    rows, teacher_rate, keep = [], None, np.zeros(0)
     for role, uri in zip(("teacher", "student without teacher", "distilled student"), uris):
-        bundle = load_model(target, uri)
+        try:
+            bundle = load_model(target, uri)
+        except ModelResolutionError as exc:
+            if role == "teacher":
+                raise
+            log.warning("%s %s is not registered (%s): its row is left out", role, uri, exc)
+            rows.append({"variant": role, "missing": uri})
+            continue
         data = read_split(SplitSource(source, "parquet", "test"), bundle.preprocessing)
         keep = np.flatnonzero(data.labels >= 0)[: args.text_rows if task == "text" and args.text_rows else None]
         data = SplitData(data.inputs[keep], data.labels[keep], data.description)
@@ -77,9 +84,17 @@ def bench_task(task: str, args: argparse.Namespace, target, workdir: Path) -> di
     return {"task": task, "rows": rows, "test_rows": len(keep), "data": data.description, "verdict": verdict(task, rows)}
 
 
+def table_line(row: dict) -> str:
+    if "missing" in row:
+        return f"{row['variant']:<24} not registered ({row['missing']})"
+    return (f"{row['variant']:<24} {row['model']:<34} accuracy {row['accuracy']:.4f}  {row['mb']:>6} MB  "
+            f"p50 {row['latency_p50_ms_batch1']:>6} ms  {row['throughput_rows_per_s']:>9,.1f} rows/s  "
+            f"x{row['speedup_over_teacher']} teacher")
+
+
 def verdict(task: str, rows: list[dict]) -> dict:
     """The issue's targets for the text student, computed from the rows (absent for images)."""
-    if task not in TARGETS:
+    if task not in TARGETS or any("missing" in r for r in rows):
         return {}
     teacher, plain, distilled = rows[0], rows[1], rows[2]
     points_below = round((teacher["accuracy"] - distilled["accuracy"]) * 100, 2)
@@ -119,8 +134,12 @@ def main() -> int:
            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps([{r["task"]: [(x["variant"], x["accuracy"], x["mb"], x["latency_p50_ms_batch1"],
-                                    x["throughput_rows_per_s"]) for x in r["rows"]], "verdict": r["verdict"]} for r in results], indent=1))
+    for r in results:
+        print(f"distill {r['task']} ({r['test_rows']} labelled test rows):")
+        for row in r["rows"]:
+            print("  " + table_line(row))
+        if r["verdict"]:
+            print(f"  verdict: {r['verdict']}")
     return 0
 
 

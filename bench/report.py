@@ -372,7 +372,8 @@ onnxruntime {m['onnxruntime']}.
 def _distill_section(r: dict) -> str:
     m, blocks = r["machine"], []
     for res in r["results"]:
-        lines = [f"| {x['variant']} | {x['model']} | {x['accuracy']:.4f} | {x['mb']} | {x['latency_p50_ms_batch1']} | "
+        lines = [f"| {x['variant']} | not registered | | | | | |" if "missing" in x else
+                 f"| {x['variant']} | {x['model']} | {x['accuracy']:.4f} | {x['mb']} | {x['latency_p50_ms_batch1']} | "
                  f"{x['throughput_rows_per_s']:,.1f} | {x['speedup_over_teacher']} |" for x in res["rows"]]
         v = res.get("verdict") or {}
         verdict = (f"\nDistilled student: {v['points_below_teacher']:+g} points below the teacher (target <= "
