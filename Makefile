@@ -20,7 +20,8 @@ help:
 	@echo "make setup         create .venv with dlspark and its extras (./setup.sh); STACK=modern: .venv-modern"
 	@echo "make demo          prepare data, ingest images + text, train + register both models (and a 2-epoch horovod +"
 	@echo "                   petastorm CNN as a candidate), score both test splits,"
-	@echo "                   export both to ONNX (image also TorchScript), score 2000 replayed tweets as a stream"
+	@echo "                   export both to ONNX (image also TorchScript), distil a small sentiment student from the"
+	@echo "                   MiniLM champion (its row beside the teacher's), score 2000 replayed tweets as a stream"
 	@echo "make test          all tests except gpu (starts a local standalone cluster for 'cluster' tests)"
 	@echo "make test-fast     tests not marked slow, cluster or gpu"
 	@echo "make test-connect  the tests marked connect over Spark Connect (needs STACK=modern: pyspark 4 + grpc)"
@@ -46,6 +47,8 @@ demo: setup
 	$(PY) jobs/models.py export-onnx
 	$(PY) jobs/models.py --pipeline sentiment export-onnx
 	$(PY) jobs/models.py export-torchscript
+	./spark-submit.sh jobs/train.py --pipeline sentiment_student
+	$(PY) bench/distill_bench.py --tasks text --latency-rows 50 --out data/reports/distill-demo.json
 	./spark-submit.sh jobs/batch_inference.py --pipeline image_classification --set inference.split=test \
 		--set inference.model=dlspark-fashion-mnist-onnx --max-accuracy-gap 0.002
 	test -e data/landing/stream/demo-000000.jsonl || \
