@@ -29,6 +29,7 @@ from dlspark.tracking.registry import CHAMPION, WEIGHTS_TAG, find_version
 from dlspark.train import TrainJob, TrainResult, require_supported_session, run_training
 from dlspark.train.inputs import TrainInputError, feed_specs, training_labels
 from dlspark.train.teacher import TEACHER_COLUMN, TeacherTable, teacher_table
+from dlspark.train.transfer_source import transfer_source
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -60,16 +61,18 @@ def train_model(spark: "SparkSession", cfg: AppConfig, run_id: str) -> TrainRepo
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
     run_name = tcfg.run_name or tcfg.task
     model_name = cfg.registered_model
+    source = transfer_source(target, cfg) if tcfg.transfer.enabled else None
     with start_run(target, cfg.mlflow.experiment, run_name, tags={"dlspark.run_id": run_id, "dlspark.task": tcfg.task}) as run:
         log_run_inputs(cfg, table_uri, snapshot.version, snapshot.fingerprint)
-        lineage = distill_lineage(cfg, teacher)
+        lineage = {**distill_lineage(cfg, teacher), **(source.tags if source else {})}
         if lineage:
             import mlflow
 
             mlflow.set_tags(lineage)
         job = TrainJob(config=tcfg, train=specs["train"], val=specs["val"], test=specs["test"], num_classes=len(labels),
                        labels=labels, checkpoint_dir=resolve_path(cfg.paths.data_dir, tcfg.checkpoint_dir), run_name=run_name,
-                       mlflow_tracking_uri=target.tracking_uri, mlflow_run_id=run.info.run_id)
+                       mlflow_tracking_uri=target.tracking_uri, mlflow_run_id=run.info.run_id,
+                       init_weights=source.weights if source else None)
         result = run_training(job, tcfg.backend, spark=spark)
         _log_result(result)
         if tcfg.report:

@@ -18,6 +18,7 @@ from dlspark.config.schema import (
     StreamConfig,
     TextIngestConfig,
     TrainConfig,
+    TransferConfig,
 )
 from dlspark.config.typed import ConfigError, to_dict
 
@@ -41,6 +42,7 @@ __all__ = [
     "StreamConfig",
     "TextIngestConfig",
     "TrainConfig",
+    "TransferConfig",
     "apply_override",
     "config_hash",
     "deep_merge",

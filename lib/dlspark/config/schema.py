@@ -231,6 +231,23 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """Transfer learning: start from a registered model of the same architecture (its classifier head is new when
+    the class count differs) and choose what trains."""
+
+    model: str | None = None              # models:/<name>@<alias> | models:/<name>/<version> | a name; null = from scratch
+    freeze: Literal["all", "top_n", "none"] = "none"   # all: the head only; top_n: the top n blocks + head; none: all
+    top_n: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.top_n >= 1, f"train.transfer.top_n: must be >= 1, got {self.top_n}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.model is not None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run: data, model, backend, optimisation, checkpoints (see ``dlspark.train``)."""
 
@@ -238,7 +255,7 @@ class TrainConfig:
     table: str = "tables/images"          # an ingest output table (parquet dir or delta table)
     table_format: TableFormat = "parquet"
     framework: Literal["torch", "tensorflow"] = "torch"
-    model: Literal["cnn", "resnet", "minilm", "textcnn"] = "cnn"
+    model: Literal["cnn", "resnet", "vit", "minilm", "textcnn"] = "cnn"
     model_options: dict[str, Any] = field(default_factory=dict)   # extra model spec fields, e.g. {widths: [8, 16, 32]}
     backend: Literal["local", "horovod", "torch_distributor"] = "local"
     num_workers: int = 2                  # training processes for horovod / torch_distributor
@@ -266,6 +283,7 @@ class TrainConfig:
     feed: FeedConfig = field(default_factory=FeedConfig)
     sentiment: SentimentConfig = field(default_factory=SentimentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"train.epochs: must be >= 1, got {self.epochs}")
@@ -278,7 +296,7 @@ class TrainConfig:
         for name in ("max_steps_per_epoch", "limit_rows"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"train.{name}: must be >= 1 or null, got {value}")
-        image_models, text_models = ("cnn", "resnet"), ("minilm", "textcnn")
+        image_models, text_models = ("cnn", "resnet", "vit"), ("minilm", "textcnn")
         fits = self.model in (image_models if self.task == "image_classification" else text_models)
         _require(fits, f"train.model: {self.model!r} does not fit train.task {self.task!r}; "
                        f"use one of {list(image_models if self.task == 'image_classification' else text_models)}")
@@ -288,6 +306,11 @@ class TrainConfig:
                  "train.backend: torch_distributor runs PyTorch only; use horovod or local with framework tensorflow")
         _require(not (self.distill.enabled and self.framework == "tensorflow"),
                  "train.distill: distillation trains torch students; set train.framework: torch or train.distill.teacher: null")
+        _require(not (self.transfer.enabled and self.model not in ("cnn", "vit")),
+                 f"train.transfer: transfer learning is for the cnn and vit image models, not {self.model!r} (minilm "
+                 "already starts from a pretrained encoder: see train.sentiment)")
+        _require(not (self.transfer.enabled and self.framework == "tensorflow"),
+                 "train.transfer: transfer learning trains torch models; set train.framework: torch")
         _require(not (self.distill.enabled and self.feed.feeder == "petastorm"),
                  "train.distill: the teacher's logits are read by the arrow feeder; set train.feed.feeder: arrow")
 

@@ -1,6 +1,6 @@
 """PyTorch models and ``build_model``, which rebuilds any of them from its JSON-able spec.
 
-A spec is a plain dict with ``name`` (``cnn`` | ``resnet`` | ``minilm`` | ``textcnn``) and the model's config fields;
+A spec is a plain dict with ``name`` (``cnn`` | ``resnet`` | ``vit`` | ``minilm`` | ``textcnn``) and the model's config fields;
 every model exposes it as ``model.spec()`` -> ``model_spec(model)``, so inference and MLflow logging can
 rebuild the network and load a saved ``state_dict`` into it.
 """
@@ -14,9 +14,10 @@ from dlspark.models.cnn import CNNConfig, CompactCNN
 from dlspark.models.resnet import ResNetClassifier, ResNetSpec
 from dlspark.models.sentiment import SentimentClassifier, SentimentSpec
 from dlspark.models.textcnn import TextCNN, TextCNNSpec
+from dlspark.models.vit import ViTClassifier, ViTSpec
 
 __all__ = ["build_model", "model_spec", "CNNConfig", "CompactCNN", "ResNetSpec", "ResNetClassifier",
-           "SentimentSpec", "SentimentClassifier", "TextCNNSpec", "TextCNN"]
+           "SentimentSpec", "SentimentClassifier", "TextCNNSpec", "TextCNN", "ViTSpec", "ViTClassifier"]
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
@@ -38,9 +39,11 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
             return SentimentClassifier(SentimentSpec(**fields))
         if name == "textcnn":
             return TextCNN(TextCNNSpec(**fields))
+        if name == "vit":
+            return ViTClassifier(ViTSpec(**fields))
     except TypeError as err:
         raise ValueError(f"model spec {spec}: {err}") from err
-    raise ValueError(f"model spec name {name!r} is unknown; use one of 'cnn', 'resnet', 'minilm', 'textcnn'")
+    raise ValueError(f"model spec name {name!r} is unknown; use one of 'cnn', 'resnet', 'vit', 'minilm', 'textcnn'")
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:

@@ -60,3 +60,16 @@ class CompactCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def freeze_encoder(self) -> None:
+        """Train the head only (transfer learning: ``train.transfer.freeze: all``)."""
+        self.features.requires_grad_(False)
+
+    def unfreeze_top_layers(self, n: int) -> None:
+        """The top ``n`` conv blocks train, with the head; the blocks below stay frozen."""
+        blocks = list(self.features)
+        if not 0 <= n <= len(blocks):
+            raise ValueError(f"unfreeze_top_layers: n must be in [0, {len(blocks)}] for this CNN, got {n}")
+        self.freeze_encoder()
+        for block in blocks[len(blocks) - n:]:
+            block.requires_grad_(True)

@@ -30,6 +30,7 @@ class TrainJob:
     model: dict[str, Any] | None = field(default=None, hash=False)
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None
+    init_weights: dict[str, Any] | None = field(default=None, hash=False, repr=False)   # transfer learning's source
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -63,6 +64,11 @@ def default_model_spec(job: TrainJob) -> dict[str, Any]:
         spec = {"name": "minilm", "encoder": cfg.sentiment.encoder, "num_classes": job.num_classes}
     elif cfg.model == "textcnn":
         spec = {"name": "textcnn", "num_classes": job.num_classes}
+    elif cfg.model == "vit":
+        h, w, c = (int(v) for v in job.train.image_shape)
+        if h != w:
+            raise ValueError(f"train.model vit takes square images; the table's are {h}x{w}: resize them at ingest")
+        spec = {"name": "vit", "in_channels": c, "image_size": h, "num_classes": job.num_classes}
     elif cfg.model == "resnet":
         spec = {"name": "resnet", "variant": "tiny", "in_channels": int(job.train.image_shape[2]), "num_classes": job.num_classes}
     else:

@@ -25,6 +25,7 @@ from dlspark.train.runtime import epoch_seed, resolve_runtime, seed_everything
 from dlspark.train.schedule import make_scheduler, scaled_lr
 from dlspark.train.sizing import planned_steps
 from dlspark.train.strategy import LocalStrategy, make_strategy
+from dlspark.train.transfer import load_transferable
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class Trainer:
         model = build_model(self.spec)
         if weights is not None:
             model.load_state_dict(weights)
+        elif self.job.init_weights is not None:        # a transfer run's first phase, not resumed
+            load_transferable(model, self.job.init_weights)
         apply_trainable(model, phase)
         model.to(self.rt.device, memory_format=torch.channels_last if self.rt.channels_last else torch.preserve_format)
         lr = scaled_lr(phase.lr, self.strategy.world_size, self.cfg.lr_scaling)

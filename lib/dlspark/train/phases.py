@@ -25,9 +25,12 @@ class Phase:
 
 
 def plan_phases(cfg: TrainConfig) -> list[Phase]:
-    """One phase for image models; frozen-encoder then fine-tuning phases for the sentiment model."""
+    """One phase for image models (a transfer run trains what ``train.transfer.freeze`` says); frozen-encoder then
+    fine-tuning phases for the sentiment model."""
     if cfg.model != "minilm":
-        return [Phase("train", 0, cfg.epochs, cfg.lr, cfg.warmup_epochs)]
+        t = cfg.transfer
+        unfreeze = None if not t.enabled or t.freeze == "none" else (0 if t.freeze == "all" else t.top_n)
+        return [Phase("transfer" if t.enabled else "train", 0, cfg.epochs, cfg.lr, cfg.warmup_epochs, unfreeze=unfreeze)]
     phases = [Phase("frozen", 0, cfg.epochs, cfg.lr, cfg.warmup_epochs, unfreeze=0)]
     s = cfg.sentiment
     if s.finetune_epochs > 0 and s.unfreeze_top_layers > 0:
@@ -37,7 +40,7 @@ def plan_phases(cfg: TrainConfig) -> list[Phase]:
 
 
 def apply_trainable(model: nn.Module, phase: Phase) -> None:
-    """Freeze / unfreeze the encoder of a sentiment model as ``phase`` says (no-op for image models)."""
+    """Freeze / unfreeze the model's encoder (MiniLM, CNN, ViT) as ``phase`` says; ``unfreeze`` None: all train."""
     if phase.unfreeze is None:
         return
     if phase.unfreeze == 0:
