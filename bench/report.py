@@ -403,6 +403,32 @@ Machine: {m['cpu']}, {m['nproc']} cores, load average at start {m['load_average_
 """
 
 
+def _transfer_section(r: dict) -> str:
+    sizes = sorted({x["per_class"] for x in r["rows"]})
+    names = list(dict.fromkeys(x["variant"] for x in r["rows"]))
+    acc = {(x["variant"], x["per_class"]): x for x in r["rows"]}
+    lines = [f"| {n} | " + " | ".join(f"{acc[(n, s)]['test_accuracy']:.4f}" if (n, s) in acc else "-" for s in sizes) + " |"
+             for n in names]
+    s, m = r["source"], r["machine"]
+    return f"""
+## Transfer learning with few labels: Fashion-MNIST classes 0-4 -> 5-9
+
+Command: `{r['command']}` ({r['measured_at']}). A CNN pretrained on classes 0-4 ({s['epochs']} epochs, {s['seconds']} s,
+test accuracy {s['test_accuracy']:.4f} on those classes), then classes 5-9 learnt from N labelled train images per class,
+{r['target_steps']} optimizer steps each, best epoch by accuracy on {r['val_rows']} val rows; test accuracy on the whole
+target test split ({r['rows'][0]['test_rows']} rows). `train.transfer.freeze: none` fine-tunes every layer from the source's
+weights, `all` trains the new head alone.
+
+| | {' | '.join(f'{n} per class' for n in sizes)} |
+| --- | {' | '.join('---' for _ in sizes)} |
+{chr(10).join(lines)}
+
+![transfer learning curve](bench/results/transfer.png)
+
+Machine: {m['cpu']}, {m['nproc']} cores; torch {m['torch']}.
+"""
+
+
 def write_benchmarks_md(results: Path, out: Path) -> None:
     files = [results / f"{name}.json" for name in INGEST_RESULTS if (results / f"{name}.json").exists()]
     files += sorted(f for name in INGEST_RESULTS for f in results.glob(f"{name}-*.json"))
@@ -424,6 +450,8 @@ def write_benchmarks_md(results: Path, out: Path) -> None:
         body += _optimize_section(json.loads((results / "optimize.json").read_text()))
     if (results / "distill.json").exists():
         body += _distill_section(json.loads((results / "distill.json").read_text()))
+    if (results / "transfer.json").exists():
+        body += _transfer_section(json.loads((results / "transfer.json").read_text()))
     if (results / "tflite.json").exists():
         body += _tflite_section(json.loads((results / "tflite.json").read_text()))
     out.write_text(HEADER + (body or "\nNo results yet.\n"))
