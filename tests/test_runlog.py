@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 
-def test_logging_shows_our_info_lines_and_other_libraries_warnings(capfd):
+def test_logging_shows_our_info_lines_and_other_libraries_warnings(capfd, monkeypatch):
     import logging
+
+    import mlflow  # noqa: F401  (on import MLflow gives its logger its own handler at INFO)
 
     from dlspark.config import RunConfig
     from dlspark.runlog import setup_logging
 
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "INFO")   # registers the variable so monkeypatch restores it
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL")
+    mlflow_level = logging.getLogger("mlflow").level
     before = [(h, logging.getLogger().level) for h in logging.getLogger().handlers]
     try:
         setup_logging(RunConfig(), "run-1")
@@ -24,5 +30,6 @@ def test_logging_shows_our_info_lines_and_other_libraries_warnings(capfd):
         for h, level in before:
             root.addHandler(h)
             root.setLevel(level)
+        logging.getLogger("mlflow").setLevel(mlflow_level)
     assert "ours" in err and "pipeline" in err and "library warning" in err and "[run-1]" in err
     assert "library info" not in err and "root info" not in err

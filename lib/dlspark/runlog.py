@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import time
 from contextlib import contextmanager
@@ -68,6 +69,20 @@ def setup_logging(cfg: RunConfig, run_id: str) -> None:
         logging.getLogger(name).setLevel(cfg.log_level)
     for noisy in ("py4j", "urllib3", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_self_configured_libraries(cfg.library_log_level)
+
+
+# Libraries that give their own logger a handler and a level on import (so the root level does not reach them),
+# and the environment variable each reads for that level at import time.
+SELF_CONFIGURED_LOGGERS = {"mlflow": "MLFLOW_LOGGING_LEVEL"}
+
+
+def quiet_self_configured_libraries(level: str) -> None:
+    """Hold MLflow's own logger (and the like) to ``level``: now if it is already imported, and through its
+    environment variable if it is imported later. A level the user set in that variable is kept."""
+    for name, env in SELF_CONFIGURED_LOGGERS.items():
+        chosen = os.environ.setdefault(env, level)
+        logging.getLogger(name).setLevel(chosen.upper())
 
 
 @dataclass

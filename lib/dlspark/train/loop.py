@@ -132,7 +132,7 @@ class Trainer:
         wrapped, model, optimizer, scheduler, scaler = parts
         done, size = 0, self.strategy.world_size
         with steps.open_batches(self.job.train, rank=self.strategy.rank, world_size=size, epoch=state.epoch) as batches:
-            total = min(len(batches), self.cfg.max_steps_per_epoch or len(batches))
+            total = self.steps_per_epoch
             progress = StepProgress(state.epoch, total, self.cfg.log_every_steps if self.rank0 else 0, first_step=state.step)
             for raw in islice(batches, state.step, self.cfg.max_steps_per_epoch):
                 batch = steps.to_device(raw, self.rt, self.nhwc)
