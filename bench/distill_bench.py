@@ -46,11 +46,11 @@ log = logging.getLogger("distill_bench")
 
 def bench_task(task: str, args: argparse.Namespace, target, workdir: Path) -> dict:  # noqa: ANN001
     from bench.optimize_bench import THREADS, measure
+    from dlspark.export.onnx import export_onnx, export_onnx_int8, onnx_runner
+    from dlspark.export.parity import SplitData, SplitSource, read_split
+    from dlspark.export.registered import trace_example
     from dlspark.inference.model import ModelResolutionError, load_model
     from dlspark.inference.predictors import load_torch_module
-    from dlspark.models.onnx_export import export_onnx, export_onnx_int8, onnx_runner
-    from dlspark.models.parity import SplitData, SplitSource, read_split
-    from dlspark.models.registered_export import trace_example
 
     table, *uris = TASKS[task]
     source = str(REPO / "data" / table)

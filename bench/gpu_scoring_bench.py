@@ -29,7 +29,7 @@ import torch
 from dlspark.inference.predictors import TorchPredictor
 from dlspark.inference.scoring import ScoringSpec, score_record_batch
 from dlspark.models import build_model
-from dlspark.models.export import servable
+from dlspark.models.servable import servable
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "gpu_scoring.json"
 

@@ -6,7 +6,7 @@
 Models: the registered champions ``models:/dlspark-fashion-mnist@champion`` (CNN, 28x28x1) and
 ``models:/dlspark-sentiment@champion`` (MiniLM, 64 tokens), pinned to their versions. Rows: the test split of
 the ingested tables (``data/tables/images``, ``data/tables/text``) prepared exactly as inference prepares them
-(``dlspark.models.parity.read_split``: the model's ``extras/preprocessing.json``); rows whose label is not a class
+(``dlspark.export.parity.read_split``: the model's ``extras/preprocessing.json``); rows whose label is not a class
 of the model (neutral tweets: the sentiment model is trained without them) are left out.
 
 Variants, all built here from the eager module (``load_torch_module``): float torch; TorchScript (traced);
@@ -60,8 +60,8 @@ log = logging.getLogger("optimize_bench")
 def variants(module: Any, example: np.ndarray, workdir: Path, calibration: np.ndarray) -> dict[str, tuple[Callable, Path, dict]]:
     """``{name: (inputs -> logits, stored file, extra facts)}`` for every variant of ``module`` (``calibration``: train
     rows that set the static int8 variant's activation ranges)."""
-    from dlspark.models.onnx_export import export_onnx, onnx_runner
-    from dlspark.models.optimize import (
+    from dlspark.export.onnx import export_onnx, onnx_runner
+    from dlspark.export.optimize import (
         prune_l1,
         quantize_onnx_int8,
         quantize_onnx_static,
@@ -69,8 +69,8 @@ def variants(module: Any, example: np.ndarray, workdir: Path, calibration: np.nd
         save_torch,
         sparsity,
     )
-    from dlspark.models.registered_export import torch_logits
-    from dlspark.models.torchscript_export import export_torchscript, torchscript_runner
+    from dlspark.export.registered import torch_logits
+    from dlspark.export.torchscript import export_torchscript, torchscript_runner
 
     onnx_fp32 = export_onnx(module, example, workdir / "model.onnx")
     int8 = quantize_torch_int8(module)
@@ -93,7 +93,7 @@ def variants(module: Any, example: np.ndarray, workdir: Path, calibration: np.nd
 
 def latency_ms(fn: Callable, inputs: np.ndarray, rows: int) -> float:
     """p50 milliseconds of one call on one row (text cut to that row's length), after one warm-up call."""
-    from dlspark.models.parity import _token_lengths
+    from dlspark.export.parity import _token_lengths
 
     singles = [inputs[i:i + 1] for i in range(min(rows, len(inputs)))]
     if inputs.ndim == 3:
@@ -110,8 +110,8 @@ def latency_ms(fn: Callable, inputs: np.ndarray, rows: int) -> float:
 
 def measure(name: str, fn: Callable, path: Path, facts: dict, data: Any, reference: np.ndarray | None,
             batch: int, args: argparse.Namespace) -> tuple[dict, np.ndarray]:
-    from dlspark.models.optimize import file_sizes
-    from dlspark.models.parity import accuracy, batched_logits
+    from dlspark.export.optimize import file_sizes
+    from dlspark.export.parity import accuracy, batched_logits
 
     fn(np.ascontiguousarray(data.inputs[:batch]))  # warm-up
     start = time.perf_counter()
@@ -130,10 +130,10 @@ def measure(name: str, fn: Callable, path: Path, facts: dict, data: Any, referen
 def bench_model(kind: str, args: argparse.Namespace, target: Any, workdir: Path) -> dict:
     import torch
 
+    from dlspark.export.parity import SplitData, SplitSource, read_split
+    from dlspark.export.registered import trace_example
     from dlspark.inference.model import load_model
     from dlspark.inference.predictors import load_torch_module
-    from dlspark.models.parity import SplitData, SplitSource, read_split
-    from dlspark.models.registered_export import trace_example
 
     uri, table, batch = MODELS[kind]
     bundle = load_model(target, uri)

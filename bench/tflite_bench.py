@@ -6,7 +6,7 @@ accuracy, parity.
 
 Model: ``models:/dlspark-fashion-mnist-keras@champion`` (the Keras CNN that ``jobs/train.py
 --set train.framework=tensorflow`` logs as a TF SavedModel), pinned to its version. Rows: the test split of
-``data/tables/images`` prepared as inference prepares them (``dlspark.models.parity.read_split`` with the model's
+``data/tables/images`` prepared as inference prepares them (``dlspark.export.parity.read_split`` with the model's
 ``extras/preprocessing.json``), laid out NHWC for Keras.
 
 Variants, in one process: ``keras_savedmodel`` (the logged SavedModel's ``serve`` endpoint via
@@ -48,7 +48,7 @@ log = logging.getLogger("tflite_bench")
 
 def stored_sizes(path: Path, workdir: Path) -> dict[str, int]:
     """``file_sizes`` of a file, or of a folder packed as one uncompressed tar."""
-    from dlspark.models.optimize import file_sizes
+    from dlspark.export.optimize import file_sizes
 
     if path.is_dir():
         packed = workdir / f"{path.name}.tar"
@@ -73,7 +73,7 @@ def latency_ms(fn: Callable, inputs: np.ndarray, rows: int) -> dict[str, float]:
 
 def measure(name: str, fn: Callable, stored: Path, inputs: np.ndarray, labels: np.ndarray,
             reference: np.ndarray | None, args: argparse.Namespace, **facts: Any) -> tuple[dict, np.ndarray]:
-    from dlspark.models.parity import accuracy, batched_logits
+    from dlspark.export.parity import accuracy, batched_logits
 
     fn(np.ascontiguousarray(inputs[:args.batch_size]))  # warm-up
     start = time.perf_counter()
@@ -91,11 +91,11 @@ def measure(name: str, fn: Callable, stored: Path, inputs: np.ndarray, labels: n
 
 def bench(args: argparse.Namespace) -> dict:
     from dlspark.config import MlflowConfig
+    from dlspark.export.parity import SplitSource, read_split
+    from dlspark.export.tflite import keras_saved_model_dir
     from dlspark.inference.keras_predictor import load_keras_call
     from dlspark.inference.model import load_model
-    from dlspark.models.parity import SplitSource, read_split
     from dlspark.models.tflite import TFLiteRunner, convert_saved_model
-    from dlspark.models.tflite_export import keras_saved_model_dir
     from dlspark.tracking import resolve_tracking
 
     bundle = load_model(resolve_tracking(MlflowConfig(), str(args.data_dir)), args.model)

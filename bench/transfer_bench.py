@@ -79,7 +79,7 @@ def job(table: Path, ckpt: Path, run: str, epochs: int, freeze: str | None, init
 def run(args: argparse.Namespace, work: Path) -> dict:
     import torch
 
-    from dlspark.models.export import load_trained_model
+    from dlspark.models.servable import load_trained_model
     from dlspark.train import run_training
 
     torch.set_num_threads(2)

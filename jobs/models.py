@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from dlspark.cli import EXIT_FAILED, config_from_args, job_parser, run_job
-from dlspark.models.parity import ParityError
+from dlspark.export.parity import ParityError
 from dlspark.tracking import TrackingError, list_versions, promote, resolve_tracking, rollback
 
 
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "rollback":
             print(f"{name}: champion -> version {rollback(target, name, args.to)}")
         elif args.command == "export-tflite":  # Keras models (train.framework=tensorflow)
-            from dlspark.models.tflite_export import export_tflite_for_config
+            from dlspark.export.tflite import export_tflite_for_config
 
             print(export_tflite_for_config(target, cfg, name, source=args.source, export_name=args.export_name,
                                            parity_split=args.parity_split, min_agreement=args.min_agreement, int8=args.int8))
@@ -76,9 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_export(args: argparse.Namespace, cfg: Any, target: Any, name: str) -> str:
     """Run export-onnx / export-torchscript; the line to print."""
-    from dlspark.models.onnx_export import export_registered_onnx
-    from dlspark.models.parity import SplitSource
-    from dlspark.models.torchscript_export import export_registered_torchscript
+    from dlspark.export.onnx import export_registered_onnx
+    from dlspark.export.parity import SplitSource
+    from dlspark.export.torchscript import export_registered_torchscript
     from dlspark.paths import resolve_path
 
     fmt = args.command.removeprefix("export-")

@@ -2,7 +2,7 @@
 # MAGIC %md
 # MAGIC # 04 Export, serve and monitor
 # MAGIC
-# MAGIC **Export:** the image model's `champion` to ONNX with `dlspark.models.onnx_export.export_registered_onnx`
+# MAGIC **Export:** the image model's `champion` to ONNX with `dlspark.export.onnx.export_registered_onnx`
 # MAGIC (what `jobs/models.py export-onnx` runs): parity-checked against the torch model and registered as
 # MAGIC `<name>-onnx`.
 # MAGIC **Serve:** the FastAPI app of `jobs/serve.py` (`dlspark.serving`), started in-process with FastAPI's
@@ -17,7 +17,7 @@
 
 from fastapi.testclient import TestClient
 
-from dlspark.models.onnx_export import export_registered_onnx
+from dlspark.export.onnx import export_registered_onnx
 from dlspark.notebook import get_spark, new_run, notebook_config, widget
 from dlspark.paths import resolve_path
 from dlspark.serving import create_app

@@ -165,7 +165,7 @@ def _log_model(cfg: AppConfig, result: TrainResult, labels: tuple[str, ...], tes
         example = _first_batch(replace(test, channels_last=True))["x"]
         return log_keras_model(load_best_keras_model(result), np.ascontiguousarray(example), extras).model_uri
     batch = _first_batch(test)
-    from dlspark.models.export import example_input, load_trained_model, servable
+    from dlspark.models.servable import example_input, load_trained_model, servable
     from dlspark.tracking import log_torch_model
 
     model = servable(load_trained_model(result.model_path, result.model_spec), test.kind)

@@ -13,7 +13,7 @@ import torch
 
 from dlspark.config import MlflowConfig
 from dlspark.models import build_model
-from dlspark.models.export import servable
+from dlspark.models.servable import servable
 from dlspark.tracking import TrackingTarget, log_torch_model, register_and_promote, resolve_tracking, start_run
 
 IMAGE_SHAPE = (8, 8, 1)

@@ -200,7 +200,7 @@ def test_delta_output_is_idempotent_and_a_committed_run_without_marker_is_not_du
 
 def test_onnx_export_of_the_champion_scores_like_the_torch_model(spark, image_store):
     from dlspark.config import MlflowConfig
-    from dlspark.models.onnx_export import export_registered_onnx
+    from dlspark.export.onnx import export_registered_onnx
     from dlspark.tracking import resolve_tracking
 
     data, _ = image_store

@@ -25,8 +25,8 @@ from tests.test_batch_inference import (  # noqa: F401 - image_store: the same m
 
 def test_runtime_auto_scores_the_champion_on_its_measured_faster_export(spark, image_store):  # noqa: F811
     from dlspark.config import MlflowConfig
+    from dlspark.export.onnx import export_registered_onnx
     from dlspark.inference.runtime import RuntimeUnavailable
-    from dlspark.models.onnx_export import export_registered_onnx
     from dlspark.tracking import resolve_tracking
 
     data, _ = image_store

@@ -25,10 +25,7 @@ torch = pytest.importorskip("torch")
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("onnxruntime")
 
-from dlspark.inference.onnx_predictor import OnnxPredictor  # noqa: E402
-from dlspark.inference.predictors import softmax  # noqa: E402
-from dlspark.models import build_model  # noqa: E402
-from dlspark.models.onnx_export import (  # noqa: E402
+from dlspark.export.onnx import (  # noqa: E402
     SOURCE_TAG,
     ParityError,
     _logged_example,
@@ -36,6 +33,9 @@ from dlspark.models.onnx_export import (  # noqa: E402
     export_onnx,
     export_registered_onnx,
 )
+from dlspark.inference.onnx_predictor import OnnxPredictor  # noqa: E402
+from dlspark.inference.predictors import softmax  # noqa: E402
+from dlspark.models import build_model  # noqa: E402
 
 SIZE, CLASSES = 16, 3
 MEAN, STD = (0.5,), (0.25,)

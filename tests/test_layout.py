@@ -35,3 +35,16 @@ def test_lib_imports_neither_pipelines_nor_jobs():
                                                      if m.split(".")[0] in ("pipelines", "jobs"))
                  for path in sorted((ROOT / "lib").rglob("*.py"))}
     assert {name: mods for name, mods in offenders.items() if mods} == {}
+
+
+def _offenders(package: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    found = {str(p.relative_to(ROOT)): sorted(m for m in imported_modules(p) if m.startswith(forbidden))
+             for p in sorted((ROOT / "lib" / "dlspark" / package).rglob("*.py"))}
+    return {name: mods for name, mods in found.items() if mods}
+
+
+def test_model_definitions_import_no_workflow_and_inference_no_export():
+    """models/ is pure model code; the export workflow sits above inference and tracking (no import cycle)."""
+    assert _offenders("models", ("dlspark.inference", "dlspark.export", "dlspark.tracking", "dlspark.train")) == {}
+    assert _offenders("inference", ("dlspark.export",)) == {}
+    assert _offenders("tracking", ("dlspark.export", "dlspark.inference")) == {}

@@ -21,10 +21,8 @@ pytest.importorskip("onnxruntime")
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from dlspark.inference.onnx_predictor import OnnxPredictor  # noqa: E402
-from dlspark.inference.predictors import TorchPredictor, load_torch_module, softmax  # noqa: E402
-from dlspark.models.onnx_export import ONNX, export_onnx, export_registered_onnx, run_onnx  # noqa: E402
-from dlspark.models.optimize import (  # noqa: E402
+from dlspark.export.onnx import ONNX, export_onnx, export_registered_onnx, run_onnx  # noqa: E402
+from dlspark.export.optimize import (  # noqa: E402
     file_sizes,
     prune_l1,
     quantize_onnx_int8,
@@ -32,8 +30,8 @@ from dlspark.models.optimize import (  # noqa: E402
     save_torch,
     sparsity,
 )
-from dlspark.models.parity import ParityError, SplitSource, batched_logits, read_split  # noqa: E402
-from dlspark.models.registered_export import (  # noqa: E402
+from dlspark.export.parity import ParityError, SplitSource, batched_logits, read_split  # noqa: E402
+from dlspark.export.registered import (  # noqa: E402
     FORMAT_TAG,
     SOURCE_TAG,
     Exporter,
@@ -41,11 +39,13 @@ from dlspark.models.registered_export import (  # noqa: E402
     torch_logits,
     trace_example,
 )
-from dlspark.models.torchscript_export import (  # noqa: E402
+from dlspark.export.torchscript import (  # noqa: E402
     export_registered_torchscript,
     export_torchscript,
     torchscript_runner,
 )
+from dlspark.inference.onnx_predictor import OnnxPredictor  # noqa: E402
+from dlspark.inference.predictors import TorchPredictor, load_torch_module, softmax  # noqa: E402
 from dlspark.tracking import using_target  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 from tests.inference_models import (  # noqa: E402
@@ -207,7 +207,7 @@ def test_image_export_is_registered_once_with_flavor_tags_and_split_parity(store
 def test_export_falls_back_to_the_logged_example_without_a_table(store, caplog):
     target, data_dir = store[0], store[1]
     missing = SplitSource(str(data_dir / "tables" / "nope"))
-    with caplog.at_level(logging.WARNING, logger="dlspark.models.registered_export"):
+    with caplog.at_level(logging.WARNING, logger="dlspark.export.registered"):
         result = export_registered_onnx(target, "models:/test-images@champion", "test-images-fallback",
                                         parity_split=missing, experiment="tests")
     assert "checking the logged input example instead" in caplog.text
@@ -293,8 +293,8 @@ def test_onnx_int8_quantizes_matmuls_and_stays_close(tmp_path):
 def test_static_int8_quantizes_the_convolutions_with_calibrated_ranges(tmp_path):
     import onnx
 
-    from dlspark.models.onnx_export import export_onnx_int8, int8_method
-    from dlspark.models.optimize import quantize_onnx_static
+    from dlspark.export.onnx import export_onnx_int8, int8_method
+    from dlspark.export.optimize import quantize_onnx_static
 
     model = image_model()
     x = np.random.default_rng(8).standard_normal((128, 1, 8, 8)).astype(np.float32)

@@ -301,8 +301,8 @@ def _wait_for(check, timeout: float = 30.0) -> None:
 # ---- the text model ----
 
 def test_serving_runs_the_onnx_export_and_names_the_registered_version(tmp_path, pixels):
+    from dlspark.export.onnx import export_registered_onnx
     from dlspark.inference.model import download_for_runtime
-    from dlspark.models.onnx_export import export_registered_onnx
 
     target = register_image_model(tmp_path)
     export = export_registered_onnx(target, "models:/test-images@champion", "test-images-onnx")

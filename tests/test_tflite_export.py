@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dlspark.config import MlflowConfig
-from dlspark.models.parity import SplitSource
+from dlspark.export.parity import SplitSource
 from dlspark.tracking import (
     TrackingError,
     log_keras_model,
@@ -20,7 +20,7 @@ from dlspark.tracking import (
 pytest.importorskip("tensorflow")
 mlflow = pytest.importorskip("mlflow")
 
-from dlspark.models.tflite_export import (  # noqa: E402
+from dlspark.export.tflite import (  # noqa: E402
     FORMAT_TAG,
     QUANTIZATION_TAG,
     SOURCE_TAG,

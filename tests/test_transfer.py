@@ -54,7 +54,7 @@ def test_freeze_all_trains_the_head_only_and_top_n_adds_the_top_blocks(spec):
 
 
 def test_vit_classifies_square_images_and_exports_to_onnx(tmp_path):
-    from dlspark.models.onnx_export import export_onnx, run_onnx
+    from dlspark.export.onnx import export_onnx, run_onnx
 
     model = build_model({**VIT, "num_classes": 3}).eval()
     x = torch.randn(5, 1, 8, 8)

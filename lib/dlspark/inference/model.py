@@ -173,14 +173,14 @@ def read_bundle(ref: ModelRef, model_dir: str | Path) -> ModelBundle:
 
 def model_flavor(model_dir: str | Path) -> str:
     """The first supported flavor in the folder's ``MLmodel`` file (pytorch, onnx, keras, tensorflow), or
-    ``tflite`` for the ``python_function`` models that :mod:`dlspark.models.tflite_export` logs."""
+    ``tflite`` for the ``python_function`` models that :mod:`dlspark.export.tflite` logs."""
     if not (Path(model_dir) / "MLmodel").is_file():
         raise ModelResolutionError(f"{model_dir} is not an MLflow model folder (no MLmodel file)")
     flavors = mlmodel_flavors(model_dir)
     for flavor in FLAVORS:
         if flavor in flavors:
             return flavor
-    if "tflite" in (flavors.get("python_function", {}).get("artifacts") or {}):  # dlspark.models.tflite_export
+    if "tflite" in (flavors.get("python_function", {}).get("artifacts") or {}):  # dlspark.export.tflite
         return "tflite"
     raise ModelResolutionError(f"{model_dir}: flavors {sorted(flavors)} include none that batch inference runs; "
                                f"log the model as one of {list(FLAVORS)} (or export it with jobs/models.py export-tflite)")

@@ -1,6 +1,6 @@
 """Batch inference with an ONNX model (MLflow ``onnx`` flavor) on onnxruntime.
 
-The model is what :func:`dlspark.models.onnx_export.log_onnx_model` logs: float32 ``[B, C, H, W]`` images or
+The model is what :func:`dlspark.export.onnx.log_onnx_model` logs: float32 ``[B, C, H, W]`` images or
 int64 ``[B, 2, L]`` tokens (ids, attention mask) in, logits ``[B, classes]`` out. CPU by default; the CUDA
 provider when onnxruntime has one.
 """
@@ -45,7 +45,7 @@ class OnnxPredictor:
         self.input = self.session.get_inputs()[0]
         if len(self.input.shape) not in (3, 4):
             raise ValueError(f"{self.onnx_path} takes input {self.input.name!r} of shape {self.input.shape}, neither "
-                             "[B, C, H, W] images nor [B, 2, L] tokens; export it with dlspark.models.onnx_export")
+                             "[B, C, H, W] images nor [B, 2, L] tokens; export it with dlspark.export.onnx")
         log.info("ONNX model %s on %s", self.onnx_path, self.session.get_providers())
 
     def predict_images(self, pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -144,7 +144,7 @@ def load_torch_module(model_dir: str) -> Any:
     if not hasattr(loaded, "graph") or not spec_path.is_file():  # eager (pickled) module, or nothing to rebuild from
         return loaded
     from dlspark.models import build_model
-    from dlspark.models.export import servable
+    from dlspark.models.servable import servable
 
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     kind = json.loads((Path(model_dir) / "extras" / "preprocessing.json").read_text(encoding="utf-8"))["kind"]

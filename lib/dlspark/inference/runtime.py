@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SOURCE_TAG = "dlspark.source_model"    # on an exported version: the version it came from (registered_export writes it)
+SOURCE_TAG = "dlspark.source_model"    # on an exported version: the version it came from (export.registered writes it)
 FORMAT_TAG = "dlspark.format"          # onnx | onnx-int8 | torchscript | tflite (the flavor does not tell them apart)
 LOSSLESS = ("onnx", "torchscript")     # auto's candidates, in the order used when no speed was measured
 FORMATS = (*LOSSLESS, "onnx-int8")

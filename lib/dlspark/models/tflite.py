@@ -2,8 +2,8 @@
 
 ``convert_saved_model`` writes ``fp32`` or ``dynamic_int8`` (int8 weights, float activations) files;
 :class:`TFLiteRunner` runs one with ``ai_edge_litert`` when installed, else ``tf.lite.Interpreter``;
-:class:`TFLitePyfunc` is the MLflow ``python_function`` wrapper that :mod:`dlspark.models.tflite_export` logs.
-The registry flow (export a registered Keras model, check parity, register) is in ``tflite_export``.
+:class:`TFLitePyfunc` is the MLflow ``python_function`` wrapper that :mod:`dlspark.export.tflite` logs.
+The registry flow (export a registered Keras model, check parity, register) is in ``dlspark.export.tflite``.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def write_run_report(result: Any, test: Any, labels: tuple[str, ...], folder: st
 
 def _torch_predictions(result: Any, test: Any) -> dict[str, Any]:
     from dlspark.config import TrainConfig
-    from dlspark.models.export import load_trained_model
+    from dlspark.models.servable import load_trained_model
     from dlspark.train.runtime import resolve_runtime
     from dlspark.train.steps import predict_split
 

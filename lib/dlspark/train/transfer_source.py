@@ -18,9 +18,9 @@ class TransferSource:
 
 def transfer_source(target: Any, cfg: AppConfig) -> TransferSource:
     """Load ``train.transfer.model``: a registered torch model of the architecture ``train.model`` names."""
+    from dlspark.export.registered import read_extra_json
     from dlspark.inference.model import load_model
     from dlspark.inference.predictors import load_torch_module
-    from dlspark.models.registered_export import read_extra_json
 
     t = cfg.train.transfer
     bundle = load_model(target, cfg.model_uri(t.model, "champion"))

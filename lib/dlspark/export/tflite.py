@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import mlflow.pyfunc
 import numpy as np
 
-from dlspark.models.parity import (
+from dlspark.export.parity import (
     ParityError,
     ParityReport,
     SplitSource,
     batched_logits,
     compare_logits,
 )
-from dlspark.models.registered_export import (
+from dlspark.export.registered import (
     SOURCE_TAG,
     ExportResult,
     existing_export,
@@ -125,7 +125,7 @@ def export_registered_tflite(
 ) -> TFLiteExportResult:
     """Convert a registered Keras image model to TFLite and register it as a new version of ``registered_name``.
 
-    As :func:`dlspark.models.registered_export.export_registered` does for torch: the source version is pinned,
+    As :func:`dlspark.export.registered.export_registered` does for torch: the source version is pinned,
     downloaded, converted, checked for parity against its SavedModel on ``inputs``, else every row of
     ``parity_split`` (NHWC, normalised as its ``extras/preprocessing.json`` says), else its
     ``extras/input_example.json``; logged with parity metrics (accuracies too when the rows have labels) and the

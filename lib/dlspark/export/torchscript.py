@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 
-from dlspark.models.onnx_export import check_input, to_eval
-from dlspark.models.parity import SplitSource
-from dlspark.models.registered_export import Exporter, ExportResult, export_registered, torch_logits
+from dlspark.export.onnx import check_input, to_eval
+from dlspark.export.parity import SplitSource
+from dlspark.export.registered import Exporter, ExportResult, export_registered, torch_logits
 from dlspark.tracking.model_logging import ExtraArtifact, _pinned, log_extras
 
 if TYPE_CHECKING:
@@ -37,10 +37,10 @@ def export_torchscript(model: Any, example: np.ndarray, path: str | Path) -> Pat
     Parameters
     ----------
     model
-        The servable eager module (see :func:`dlspark.models.export.servable`).
+        The servable eager module (see :func:`dlspark.models.servable.servable`).
     example
         A batch as the model takes it; for text include a padded row (see
-        :func:`dlspark.models.registered_export.trace_example`).
+        :func:`dlspark.export.registered.trace_example`).
     path
         The ``.pt`` file to write; its folder is created.
     """
@@ -104,7 +104,7 @@ def export_registered_torchscript(
 ) -> ExportResult:
     """Trace a registered pytorch model to TorchScript and register it as a new version of ``registered_name``.
 
-    See :func:`dlspark.models.registered_export.export_registered` (parameters, parity data, errors); the run logs
+    See :func:`dlspark.export.registered.export_registered` (parameters, parity data, errors); the run logs
     ``torchscript_max_abs_diff``, ``torchscript_agreement``, ``torchscript_parity_rows`` (and accuracies).
     """
     return export_registered(target, source_uri, registered_name, TORCHSCRIPT, inputs=inputs,

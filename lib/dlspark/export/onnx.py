@@ -1,6 +1,6 @@
 """ONNX export of trained models: export, check against torch, log and register in MLflow.
 
-Image models take float32 ``[B, C, H, W]``, text models (the servable :class:`~dlspark.models.export.StackedTextInput`)
+Image models take float32 ``[B, C, H, W]``, text models (the servable :class:`~dlspark.models.servable.StackedTextInput`)
 int64 ``[B, 2, L]`` (token ids, attention mask); both give logits ``[B, classes]``. The batch axis, and for text
 the sequence axis, stay dynamic. Uses torch's TorchScript-based exporter (``dynamo=False``), which needs no
 ``onnxscript`` and traces the CNNs and the MiniLM encoder exactly. The registered ONNX version carries the same
@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from dlspark.models.parity import ParityError, ParityReport, SplitSource, compare_logits
-from dlspark.models.registered_export import (
+from dlspark.export.parity import ParityError, ParityReport, SplitSource, compare_logits
+from dlspark.export.registered import (
     SOURCE_TAG,
     Exporter,
     ExportResult,
     export_registered,
 )
-from dlspark.models.registered_export import existing_export as _existing_export
-from dlspark.models.registered_export import logged_example as _logged_example
+from dlspark.export.registered import existing_export as _existing_export
+from dlspark.export.registered import logged_example as _logged_example
 from dlspark.tracking.model_logging import ExtraArtifact, _pinned, log_extras
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def export_onnx(model: torch.nn.Module, example: np.ndarray, path: str | Path) -
         ``torch.export`` module that ``mlflow.pytorch.load_model`` returns for MLflow's default "pt2" format.
     example
         A batch to trace with (its shape and dtype matter; for text, include a padded row — see
-        :func:`dlspark.models.registered_export.trace_example`).
+        :func:`dlspark.export.registered.trace_example`).
     path
         The ``.onnx`` file to write; its folder is created.
 
@@ -155,9 +155,9 @@ def log_onnx_model(
 def export_onnx_int8(model: torch.nn.Module, example: np.ndarray, path: str | Path,
                      calibration: np.ndarray | None = None) -> Path:
     """:func:`export_onnx`, then int8 into ``path``: image models (convolutions) statically, calibrated on
-    ``calibration`` rows (:func:`~dlspark.models.optimize.quantize_onnx_static`); text models (MatMul) dynamically
-    (:func:`~dlspark.models.optimize.quantize_onnx_int8`), which needs no calibration."""
-    from dlspark.models.optimize import quantize_onnx_int8, quantize_onnx_static
+    ``calibration`` rows (:func:`~dlspark.export.optimize.quantize_onnx_static`); text models (MatMul) dynamically
+    (:func:`~dlspark.export.optimize.quantize_onnx_int8`), which needs no calibration."""
+    from dlspark.export.optimize import quantize_onnx_int8, quantize_onnx_static
 
     path = Path(path)
     fp32 = export_onnx(model, example, path.with_name(f"{path.stem}-fp32.onnx"))
@@ -185,7 +185,7 @@ def export_registered_onnx(
 ) -> ExportResult:
     """Export a registered pytorch model to ONNX and register it as a new version of ``registered_name``.
 
-    See :func:`dlspark.models.registered_export.export_registered` (parameters, parity data, errors); the run logs
+    See :func:`dlspark.export.registered.export_registered` (parameters, parity data, errors); the run logs
     ``onnx_max_abs_diff``, ``onnx_agreement``, ``onnx_parity_rows``, both models' rows/s (and accuracies when the
     rows have labels). ``int8``: quantized (format ``onnx-int8``, metrics ``onnx_int8_*``; image models statically,
     calibrated on the first rows of ``calibration_split``, text models dynamically), registered only when its accuracy

@@ -5,7 +5,7 @@ downloaded, rebuilt as an eager module, exported, checked for parity (on the tra
 one is given and exists, else on the source's logged input example), logged with the parity metrics in a new
 run, and registered with :func:`register_and_promote` under the source version's promotion metric. The new
 version's tag ``dlspark.source_model`` names the source version, which makes reruns idempotent; ``dlspark.format``
-names the format. Each format is an :class:`Exporter` (see ``onnx_export`` and ``torchscript_export``).
+names the format. Each format is an :class:`Exporter` (see ``export.onnx`` and ``export.torchscript``).
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from dlspark.inference.runtime import FORMAT_TAG, SOURCE_TAG  # the tags' one home: the runtime choice reads them
-from dlspark.models.parity import (
+from dlspark.export.parity import (
     ParityError,
     ParityReport,
     SplitSource,
@@ -28,6 +27,7 @@ from dlspark.models.parity import (
     compare_logits,
     read_split,
 )
+from dlspark.inference.runtime import FORMAT_TAG, SOURCE_TAG  # the tags' one home: the runtime choice reads them
 from dlspark.tracking.model_logging import EXTRAS_DIR, ExtraArtifact
 from dlspark.tracking.registry import METRIC_NAME_TAG, METRIC_VALUE_TAG, register_and_promote
 from dlspark.tracking.target import TrackingError, TrackingTarget, start_run
@@ -103,7 +103,7 @@ def export_registered(
     ------
     TrackingError
         When the source is not a registered version with a promotion metric, or there are no rows to check.
-    dlspark.models.parity.ParityError
+    dlspark.export.parity.ParityError
         When the export disagrees with the source (the run is then marked FAILED and nothing is registered).
     """
     import mlflow
