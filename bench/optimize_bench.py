@@ -75,15 +75,18 @@ def variants(module: Any, example: np.ndarray, workdir: Path, calibration: np.nd
     onnx_fp32 = export_onnx(module, example, workdir / "model.onnx")
     int8 = quantize_torch_int8(module)
     pruned = prune_l1(module, PRUNE_AMOUNT)
+    static = {}
+    if example.ndim == 4:   # images: static QDQ int8 (Conv too); text token ids have no activation range to calibrate
+        static["onnx_int8_static"] = (
+            onnx_runner(quantize_onnx_static(onnx_fp32, workdir / "static.onnx", calibration), THREADS), workdir / "static.onnx",
+            {"quantized_ops": f"QDQ: Conv, MatMul/Gemm int8, ranges from {len(calibration)} train rows"})
     return {
         "torch_fp32": (torch_logits(module), save_torch(module, workdir / "fp32.pt"), {}),
         "torchscript": (torchscript_runner(export_torchscript(module, example, workdir / "ts.pt")), workdir / "ts.pt", {}),
         "onnx_fp32": (onnx_runner(onnx_fp32, THREADS), onnx_fp32, {}),
         "onnx_int8": (onnx_runner(quantize_onnx_int8(onnx_fp32, workdir / "int8.onnx"), THREADS), workdir / "int8.onnx",
                       {"quantized_ops": "MatMul/Gemm int8; Conv and embeddings float"}),
-        "onnx_int8_static": (onnx_runner(quantize_onnx_static(onnx_fp32, workdir / "static.onnx", calibration), THREADS),
-                             workdir / "static.onnx",
-                             {"quantized_ops": f"QDQ: Conv, MatMul/Gemm int8, ranges from {len(calibration)} train rows"}),
+        **static,
         "torch_int8_dynamic": (torch_logits(int8), save_torch(int8, workdir / "int8.pt"),
                                {"quantized_ops": "nn.Linear int8; Conv and embeddings float"}),
         f"pruned_{int(PRUNE_AMOUNT * 100)}": (torch_logits(pruned), save_torch(pruned, workdir / "pruned.pt"),
