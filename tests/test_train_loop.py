@@ -60,7 +60,7 @@ def image_table(tmp_path_factory) -> Path:
 
 
 def test_local_learns_separable_images(image_table, tmp_path, caplog):
-    with caplog.at_level("INFO", logger="dlspark.train.loop"):
+    with caplog.at_level("INFO", logger="dlspark.train.core"):
         result = run_training(image_job(image_table, tmp_path, log_every_steps=5), "local")
     steps = [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
     assert [m.split(":")[0] for m in steps] == [f"epoch {e} step {s}/16" for e in (0, 1) for s in (5, 10, 15)]

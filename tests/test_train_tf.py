@@ -19,7 +19,7 @@ from dlspark.feed import make_spec, preprocessing_spec, tf_dataset  # noqa: E402
 from dlspark.models.keras_image import KerasCNNConfig, build_keras_model, config_from_spec  # noqa: E402
 from dlspark.train import TrainJob, run_training  # noqa: E402
 from dlspark.train.schedule import lr_factor  # noqa: E402
-from dlspark.train.tf_loop import BEST_WEIGHTS, WarmupCosine, keras_model_spec, load_best_keras_model  # noqa: E402
+from dlspark.train.tf_loop import BEST_WEIGHTS, keras_model_spec, load_best_keras_model  # noqa: E402
 
 SIZE = 8
 
@@ -83,12 +83,6 @@ def test_keras_cnn_rejects_too_small_images_and_foreign_specs():
         config_from_spec({"name": "resnet"})
 
 
-def test_warmup_cosine_matches_the_torch_schedule():
-    schedule = WarmupCosine(0.4, warmup=3, total=10)
-    got = [float(schedule(s)) for s in range(12)]
-    np.testing.assert_allclose(got, [0.4 * lr_factor(s, 3, 10) for s in range(12)], rtol=1e-5, atol=1e-7)
-
-
 def test_tf_dataset_batches_fit_the_keras_model(image_table):
     job = tf_job(image_table, Path("/unused"))
     x, y, _ = next(iter(tf_dataset(job.train, 0, 1, 0)))
@@ -108,7 +102,9 @@ def test_local_tf_training_learns_and_exports(local_run):
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.test_metrics["test_accuracy"] >= 0.9 and result.test_metrics["test_count"] == 64
     assert math.isclose(result.best_metric, result.history[result.best_epoch]["val_accuracy"])
-    assert result.history[0]["lr"] > 0 and result.history[-1]["lr"] < result.history[0]["lr"]  # warmup peak, then cosine
+    # the torch loop's schedule, step for step: 16 steps an epoch, warmup ceil(0.2 * 16) = 4 steps, 32 in all
+    assert [h["lr"] for h in result.history] == pytest.approx([0.01 * lr_factor(16 * (e + 1), 4, 32) for e in (0, 1)])
+    assert [h["steps"] for h in result.history] == [16, 16]
     assert (result.backend, result.world_size, result.resumed_from) == ("local", 1, None)
     assert (Path(result.model_path) / "saved_model.pb").is_file()
 
@@ -124,7 +120,7 @@ def test_saved_model_predicts_like_the_in_memory_model(local_run):
 def test_rerun_with_the_same_name_resumes_without_retraining(local_run):
     job, first = local_run
     again = run_training(job, "local")
-    assert again.resumed_from is not None and again.resumed_from.endswith("ckpt-2")
+    assert again.resumed_from is not None and again.resumed_from.endswith("ckpt-32")  # numbered by global step
     assert [h["epoch"] for h in again.history] == [0, 1] and again.timing["train_steps"] == 0
     assert again.test_metrics["test_accuracy"] == pytest.approx(first.test_metrics["test_accuracy"])
 
@@ -168,3 +164,30 @@ def test_training_report_of_a_keras_run(local_run, tmp_path):
     text = page.read_text()
     assert "Per class (test split)" in text and f"<tr><th>test rows</th><td>{int(result.test_metrics['test_count'])}</td>" in text
     assert (tmp_path / "report" / "confusion.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_multiworker_mirrored_two_spark_tasks_train_tf(spark, image_table, tmp_path):
+    job = tf_job(image_table, tmp_path, run_name="mwms", epochs=1, num_workers=2, checkpoint_every_steps=3)
+    result = run_training(job, "tf_multiworker", spark=spark)
+    assert (result.backend, result.world_size) == ("tf_multiworker", 2)
+    assert result.history[0]["steps"] == 8  # 256 rows / 2 ranks / batch 16
+    assert result.test_metrics["test_count"] == 64 and result.test_metrics["test_accuracy"] >= 0.9
+    assert result.history[0]["lr"] == pytest.approx(0.02 * lr_factor(8, 2, 8))   # peak 0.01 x 2 workers (linear)
+    assert (tmp_path / "mwms" / BEST_WEIGHTS).is_file() and (tmp_path / "mwms" / "saved_model" / "saved_model.pb").is_file()
+    assert not list((tmp_path / "mwms").glob(".worker-*")), "worker 1's scratch checkpoints must be removed"
+    checkpoints = sorted(p.name for p in (tmp_path / "mwms" / "tf_ckpt").glob("ckpt-*.index"))
+    assert checkpoints == ["ckpt-6.index", "ckpt-8.index"]   # every 3 steps (3, 6) and the epoch end (8); 2 kept
+
+
+def test_multiworker_refuses_a_torch_job():
+    with pytest.raises(ValueError, match="tf_multiworker runs TensorFlow only"):
+        TrainConfig(framework="torch", backend="tf_multiworker")
+
+
+def test_tf_config_lists_every_worker_and_this_index():
+    from dlspark.train.tf_multiworker import tf_config
+
+    assert tf_config(["h1:1", "h2:2"], 1) == {"cluster": {"worker": ["h1:1", "h2:2"]}, "task": {"type": "worker", "index": 1}}
+    with pytest.raises(ValueError, match="outside the cluster"):
+        tf_config(["h1:1"], 1)

@@ -257,8 +257,8 @@ class TrainConfig:
     framework: Literal["torch", "tensorflow"] = "torch"
     model: Literal["cnn", "resnet", "vit", "minilm", "textcnn"] = "cnn"
     model_options: dict[str, Any] = field(default_factory=dict)   # extra model spec fields, e.g. {widths: [8, 16, 32]}
-    backend: Literal["local", "horovod", "torch_distributor"] = "local"
-    num_workers: int = 2                  # training processes for horovod / torch_distributor
+    backend: Literal["local", "horovod", "torch_distributor", "tf_multiworker"] = "local"
+    num_workers: int = 2                  # training processes for horovod / torch_distributor / tf_multiworker
     device: Literal["auto", "cpu", "cuda"] = "auto"
     epochs: int = 5
     max_steps_per_epoch: int | None = None  # cap, for smoke tests
@@ -303,7 +303,10 @@ class TrainConfig:
         _require(not (self.framework == "tensorflow" and self.task != "image_classification"),
                  "train.framework: tensorflow is supported for task image_classification only; use torch for sentiment")
         _require(not (self.framework == "tensorflow" and self.backend == "torch_distributor"),
-                 "train.backend: torch_distributor runs PyTorch only; use horovod or local with framework tensorflow")
+                 "train.backend: torch_distributor runs PyTorch only; use tf_multiworker, horovod or local with framework tensorflow")
+        _require(not (self.framework == "torch" and self.backend == "tf_multiworker"),
+                 "train.backend: tf_multiworker runs TensorFlow only; set train.framework: tensorflow, or use "
+                 "torch_distributor, horovod or local with torch")
         _require(not (self.distill.enabled and self.framework == "tensorflow"),
                  "train.distill: distillation trains torch students; set train.framework: torch or train.distill.teacher: null")
         _require(not (self.transfer.enabled and self.model not in ("cnn", "vit")),

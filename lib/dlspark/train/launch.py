@@ -4,6 +4,8 @@ distributed backends). Switching backends is a config change only: every backend
 - ``local``: in this process.
 - ``horovod``: ``horovod.spark.run(train_worker, args=(job,), num_proc=train.num_workers)``, one Spark task
   per rank, Gloo on CPU, NCCL on GPU (whatever Horovod was built with).
+- ``tf_multiworker`` (TensorFlow): ``MultiWorkerMirroredStrategy``, one Spark barrier task per worker with
+  ``TF_CONFIG`` from the tasks' addresses (``dlspark.train.tf_multiworker``).
 - ``torch_distributor``: ``TorchDistributor(num_processes, local_mode, use_gpu).run(train_worker, job)``;
   ``local_mode`` is True when the Spark master is ``local[...]`` (processes on the driver), else the
   processes run in Spark tasks on the executors.
@@ -25,7 +27,7 @@ from dlspark.config import TrainConfig
 from dlspark.train.job import TrainJob, TrainResult
 
 logger = logging.getLogger(__name__)
-BACKENDS = ("local", "horovod", "torch_distributor")
+BACKENDS = ("local", "horovod", "torch_distributor", "tf_multiworker")
 _TAIL = 6000
 
 
@@ -39,6 +41,8 @@ def require_supported_session(spark: Any, config: TrainConfig) -> None:
 
     if config.backend == "horovod":
         require_classic(spark, "train.backend=horovod (horovod.spark.run)", "train.backend=torch_distributor")
+    if config.backend == "tf_multiworker":
+        require_classic(spark, "train.backend=tf_multiworker (Spark barrier tasks)", "train.backend=local")
     if config.feed.feeder == "petastorm":
         require_classic(spark, "train.feed.feeder=petastorm (petastorm's make_spark_converter)", "train.feed.feeder=arrow")
 
@@ -64,7 +68,12 @@ def run_training(job: TrainJob, backend: str | None = None, *, spark: Any = None
         raise ValueError(f"backend {backend!r} runs on Spark: pass spark=<SparkSession>, or use backend 'local'")
     n = job.config.num_workers
     logger.info("training %s with %s on %d processes", job.run_name, backend, n)
-    result = _run_horovod(worker, job, n) if backend == "horovod" else _run_distributor(worker, job, n, spark)
+    if backend == "tf_multiworker":
+        result = _run_tf_multiworker(job, n, spark)
+    elif backend == "horovod":
+        result = _run_horovod(worker, job, n)
+    else:
+        result = _run_distributor(worker, job, n, spark)
     if not isinstance(result, TrainResult):
         raise TrainingFailed(f"{backend}: rank 0 returned {type(result).__name__}, expected TrainResult")
     return result
@@ -103,6 +112,15 @@ def _run_horovod(worker: Callable, job: TrainJob, num_proc: int) -> Any:
         raise TrainingFailed(f"horovod training of {job.run_name!r} failed: {exc}\n--- worker output (tail) ---\n"
                              f"{out.tail}\n{err.tail}") from exc
     return results[0]
+
+
+def _run_tf_multiworker(job: TrainJob, num_proc: int, spark: Any) -> Any:
+    from dlspark.train.tf_multiworker import run_multiworker
+
+    try:
+        return run_multiworker(job, num_proc, spark)
+    except Exception as exc:
+        raise TrainingFailed(str(exc)) from exc
 
 
 def _run_distributor(worker: Callable, job: TrainJob, num_proc: int, spark: Any) -> Any:

@@ -1,14 +1,15 @@
-"""Training phases, the optimizer of a phase, and the loop position that checkpoints carry. Pure code."""
+"""Training phases, the optimizer of a torch phase, and the loop position that checkpoints carry. Pure code."""
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from dlspark.config import TrainConfig
+
+if TYPE_CHECKING:   # torch stays out of the import: the TensorFlow loop plans its phases here too
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ def apply_trainable(model: nn.Module, phase: Phase) -> None:
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """AdamW or SGD (momentum, Nesterov) over the parameters that require grad."""
+    import torch
+
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
