@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -51,6 +51,13 @@ class Exporter:
     suffix: str = ".bin"                                          # the exported file's extension
     format: str | None = None                                     # FORMAT_TAG value (None = flavor), e.g. onnx-int8
     calibrated: bool = False                                      # export(..., calibration=rows): static quantization
+    # The source: (downloaded model folder, uri) -> (what ``export`` takes, inputs-to-logits reference); default:
+    # the eager torch module of a pytorch-flavor model. TFLite: the Keras SavedModel folder and its serve function.
+    load_source: Callable[[Path, str], tuple[Any, Logits]] | None = None
+    channels_last: bool = False                                   # parity rows from a split as NHWC (Keras)
+    example: Callable[[Path, str], np.ndarray] | None = None      # the logged example's reader (default MLflow's)
+    tags: Mapping[str, str] = field(default_factory=dict)         # further version tags, also matched on rerun
+    file_metrics: Callable[[Path], dict[str, float]] | None = None  # e.g. the exported file's size
 
     @property
     def format_tag(self) -> str:
@@ -108,27 +115,27 @@ def export_registered(
     """
     import mlflow
 
-    from dlspark.inference.predictors import load_torch_module
-
     pinned, metric_name, metric_value = resolve_source(target, source_uri)
     fmt, prefix = exporter.format_tag, exporter.prefix
-    done = existing_export(target, registered_name, pinned, prefix)
+    done = existing_export(target, registered_name, pinned, prefix, match=exporter.tags)
     if done is not None:
         log.info("%s was already exported to %s as %s", pinned, fmt, done.model_uri)
         return done
-    with start_run(target, experiment, f"{fmt}-export {pinned}", tags={SOURCE_TAG: pinned}) as run, \
+    tags = {SOURCE_TAG: pinned, FORMAT_TAG: fmt, **exporter.tags}
+    with start_run(target, experiment, f"{fmt}-export {pinned}", tags=tags) as run, \
             tempfile.TemporaryDirectory(prefix=f"dlspark-{prefix}-") as tmp:
         # start_run points the fluent API (models:/ resolution included) at target
         source_dir = Path(mlflow.artifacts.download_artifacts(pinned, dst_path=str(Path(tmp) / "source")))
-        model = load_torch_module(str(source_dir))  # eager when extras/model_spec.json says how to build it
-        rows, labels, described = parity_rows(source_dir, source_uri, inputs, parity_split)
+        model, reference = (exporter.load_source or load_torch_source)(source_dir, source_uri)
+        rows, labels, described = parity_rows(source_dir, source_uri, inputs, parity_split,
+                                              channels_last=exporter.channels_last, example=exporter.example)
         target_file = Path(tmp) / f"model{exporter.suffix}"
         if exporter.calibrated:
             calibration = calibration_rows(source_dir, calibration_split, rows)
             path = exporter.export(model, trace_example(rows), target_file, calibration=calibration)  # type: ignore[call-arg]
         else:
             path = exporter.export(model, trace_example(rows), target_file)
-        expected, source_rate = timed_logits(torch_logits(model), rows)
+        expected, source_rate = timed_logits(reference, rows)
         got, export_rate = timed_logits(exporter.runner(path), rows)
         parity = compare_logits(expected, got, min_agreement=min_agreement, what=f"{fmt} export {path.name}")
         accuracies = export_accuracies(prefix, expected, got, labels)
@@ -136,15 +143,25 @@ def export_registered(
         mlflow.log_param("parity_data", described)
         mlflow.log_metrics({f"{prefix}_max_abs_diff": parity.max_abs_diff, f"{prefix}_agreement": parity.agreement,
                             f"{prefix}_parity_rows": parity.rows, "source_rows_per_s": source_rate,
-                            f"{prefix}_rows_per_s": export_rate, **accuracies})
+                            f"{prefix}_rows_per_s": export_rate, **accuracies,
+                            **(exporter.file_metrics(path) if exporter.file_metrics else {})})
         exporter.log_model(path, rows[:4], extras_in(source_dir))
     result = register_and_promote(target, registered_name, run.info.run_id, "model", metric_name, metric_value)
-    for key, value in ((SOURCE_TAG, pinned), (FORMAT_TAG, fmt)):
+    for key, value in tags.items():
         target.client().set_model_version_tag(registered_name, result.version, key, value)
     log.info("registered %s export of %s as %s version %s (parity on %s: %s; %.0f rows/s vs the source's %.0f)",
              fmt, pinned, registered_name, result.version, described, parity, export_rate, source_rate)
     return ExportResult(f"models:/{registered_name}/{result.version}", result.version, result.promoted,
                         run.info.run_id, parity)
+
+
+def load_torch_source(source_dir: Path, source_uri: str) -> tuple[Any, Logits]:
+    """The eager torch module of a downloaded pytorch-flavor model (built from ``extras/model_spec.json`` when it
+    says how) and its logits function."""
+    from dlspark.inference.predictors import load_torch_module
+
+    model = load_torch_module(str(source_dir))
+    return model, torch_logits(model)
 
 
 def timed_logits(fn: Logits, rows: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:

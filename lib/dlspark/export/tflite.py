@@ -30,13 +30,13 @@ from dlspark.export.parity import (
     compare_logits,
 )
 from dlspark.export.registered import (
-    SOURCE_TAG,
+    FORMAT_TAG,  # noqa: F401 - re-exported: the tflite module names its tags
+    SOURCE_TAG,  # noqa: F401
+    Exporter,
     ExportResult,
     existing_export,
-    export_accuracies,
-    extras_in,
+    export_registered,
     parity_rows,
-    resolve_source,
 )
 from dlspark.models.tflite import (
     ARTIFACT,
@@ -48,15 +48,14 @@ from dlspark.models.tflite import (
     convert_saved_model,
 )
 from dlspark.tracking.model_logging import EXTRAS_DIR, ExtraArtifact, _pinned, log_extras
-from dlspark.tracking.registry import register_and_promote
-from dlspark.tracking.target import TrackingError, TrackingTarget, start_run
+from dlspark.tracking.target import TrackingError, TrackingTarget
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
 log = logging.getLogger(__name__)
 
-FORMAT_TAG, QUANTIZATION_TAG = "dlspark.format", "dlspark.quantization"
+QUANTIZATION_TAG = "dlspark.quantization"
 
 __all__ = ["ParityError", "ParityReport", "TFLiteError", "TFLiteExportResult", "TFLitePyfunc", "TFLiteRunner",
            "check_parity", "convert_saved_model", "export_registered_tflite", "export_tflite_for_config",
@@ -125,7 +124,7 @@ def export_registered_tflite(
 ) -> TFLiteExportResult:
     """Convert a registered Keras image model to TFLite and register it as a new version of ``registered_name``.
 
-    As :func:`dlspark.export.registered.export_registered` does for torch: the source version is pinned,
+    Through :func:`dlspark.export.registered.export_registered`, as every format: the source version is pinned,
     downloaded, converted, checked for parity against its SavedModel on ``inputs``, else every row of
     ``parity_split`` (NHWC, normalised as its ``extras/preprocessing.json`` says), else its
     ``extras/input_example.json``; logged with parity metrics (accuracies too when the rows have labels) and the
@@ -141,44 +140,34 @@ def export_registered_tflite(
     ParityError
         As :func:`check_parity` (the run is then marked FAILED and nothing is registered).
     """
-    import mlflow
-
-    from dlspark.inference.keras_predictor import load_keras_call
-
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)}, got {quantization!r}")
-    pinned, metric_name, metric_value = resolve_source(target, source_uri)
-    done = existing_tflite_export(target, registered_name, pinned, quantization)
-    if done is not None:
-        log.info("%s was already converted to TFLite %s as %s", pinned, quantization, done.model_uri)
-        return done
-    tags = {SOURCE_TAG: pinned, FORMAT_TAG: "tflite", QUANTIZATION_TAG: quantization}
-    with start_run(target, experiment, f"tflite-export {pinned} {quantization}", tags=tags) as run, \
-            tempfile.TemporaryDirectory(prefix="dlspark-tflite-") as tmp:
-        source_dir = Path(mlflow.artifacts.download_artifacts(pinned, dst_path=str(Path(tmp) / "source")))
+    result = export_registered(target, source_uri, registered_name, tflite_exporter(quantization), inputs=inputs,
+                               parity_split=parity_split, experiment=experiment, min_agreement=min_agreement)
+    metrics = target.client().get_run(result.run_id).data.metrics if result.run_id else {}
+    return TFLiteExportResult(result.model_uri, result.version, result.promoted, result.run_id, result.parity,
+                              quantization, int(metrics.get("tflite_size_bytes", 0)))
+
+
+def tflite_exporter(quantization: str) -> Exporter:
+    """The TFLite format for :func:`~dlspark.export.registered.export_registered`: the source is a Keras SavedModel
+    (checked against its ``serve`` function on NHWC rows), the file is converted with ``quantization``."""
+    def load_source(source_dir: Path, source_uri: str) -> tuple[Path, Callable[[np.ndarray], np.ndarray]]:
+        from dlspark.inference.keras_predictor import load_keras_call
+
         saved_model = keras_saved_model_dir(source_dir, source_uri)
-        reference, _ = load_keras_call(source_dir)
-        path = convert_saved_model(saved_model, Path(tmp) / "model.tflite", quantization=quantization)
-        rows, labels, described = _parity_rows(source_dir, source_uri, inputs, parity_split)
-        runner = TFLiteRunner(path)
-        x = check_batch(rows, runner.image_shape, f"parity rows ({described})")
-        expected = batched_logits(lambda b: np.asarray(reference(b), np.float32), x)
-        got = batched_logits(runner, x)
-        parity = compare_logits(expected, got, min_agreement=min_agreement, what=f"TFLite {quantization} model")
-        size = path.stat().st_size
-        mlflow.log_param("parity_data", described)
-        mlflow.log_metrics({"tflite_max_abs_diff": parity.max_abs_diff, "tflite_agreement": parity.agreement,
-                            "tflite_parity_rows": parity.rows, "tflite_size_bytes": size,
-                            **export_accuracies("tflite", expected, got, labels)})
-        log_tflite_model(path, x[:4], extras_in(source_dir))
-    result = register_and_promote(target, registered_name, run.info.run_id, "model", metric_name, metric_value)
-    client = target.client()
-    for key, value in tags.items():
-        client.set_model_version_tag(registered_name, result.version, key, value)
-    log.info("registered TFLite %s of %s as %s version %s (%d bytes; parity on %s: %s)", quantization, pinned,
-             registered_name, result.version, size, described, parity)
-    return TFLiteExportResult(f"models:/{registered_name}/{result.version}", result.version, result.promoted,
-                              run.info.run_id, parity, quantization, size)
+        serve, _ = load_keras_call(source_dir)
+        return saved_model, lambda b: np.asarray(serve(b), np.float32)
+
+    def runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+        run = TFLiteRunner(path)
+        return lambda b: run(check_batch(b, run.image_shape, "parity rows"))
+
+    return Exporter(
+        flavor="tflite", suffix=".tflite", load_source=load_source, channels_last=True, example=_keras_example,
+        export=lambda saved_model, _example, out: convert_saved_model(saved_model, out, quantization=quantization),
+        runner=runner, log_model=lambda path, example, extras: log_tflite_model(path, example, extras),
+        tags={QUANTIZATION_TAG: quantization}, file_metrics=lambda path: {"tflite_size_bytes": float(path.stat().st_size)})
 
 
 def export_tflite_for_config(
