@@ -26,10 +26,12 @@ from pyspark.sql import functions as F
 from dlspark.config import AppConfig, ConfigError
 from dlspark.filesystem import read_text, write_text
 from dlspark.inference.model import ModelBundle, load_model, requested_model
-from dlspark.inference.spark_scoring import DEFAULT_PASSTHROUGH, label_accuracy, score_rows
+from dlspark.inference.spark_scoring import DEFAULT_PASSTHROUGH, expected_labels, label_accuracy, score_rows
 from dlspark.monitoring import Metric, Sample, Thresholds, compare_samples, drifted, per_class_probabilities
 from dlspark.monitoring.features import image_stats, unknown_rate_fn
-from dlspark.monitoring.report import class_share_png, histogram_png, render_html
+from dlspark.monitoring.report import class_share_png, histogram_png, render_html, slices_html
+from dlspark.monitoring.slice_frame import aggregate_slices, slice_columns
+from dlspark.monitoring.slices import SliceRules, SliceVerdict, dropped_values, judge_slices, slice_metrics, verdict_rows
 from dlspark.paths import resolve_path
 from dlspark.tables import read_table, write_table
 from dlspark.tracking import resolve_tracking, start_run
@@ -43,6 +45,9 @@ INPUT_COLUMNS = ("pixels", "text", "attention_mask", "num_tokens", "unknown_toke
 METRICS_DDL = ("run_id string, baseline string, current string, model string, metric string, statistic string, "
                "feature string, value double, baseline_value double, current_value double, threshold double, "
                "judged boolean, drifted boolean, computed_at timestamp")
+SLICES_DDL = ("run_id string, current string, model string, slice string, value string, rows long, labelled long, "
+              "accuracy double, positive_rate double, mean_confidence double, ece double, accuracy_ratio double, "
+              "positive_rate_ratio double, judged boolean, flagged boolean, reasons string, computed_at timestamp")
 
 
 @dataclass(frozen=True)
@@ -57,15 +62,24 @@ class MonitorReport:
     output: str
     report: str
     mlflow_run_id: str
+    slices: tuple[SliceVerdict, ...] = ()
+    slice_output: str = ""
 
     @property
     def drifted(self) -> list[Metric]:
+        """Metrics past their threshold: distribution drift and flagged slices."""
         return drifted(self.metrics)
 
+    @property
+    def flagged_slices(self) -> list[SliceVerdict]:
+        return [v for v in self.slices if v.flagged]
+
     def describe(self) -> str:
-        flagged = ", ".join(f"{m.metric}={m.value:.4g}" for m in self.drifted) or "none"
+        flagged = ", ".join(f"{m.metric}={m.value:.4g}" for m in self.drifted if not m.feature.startswith("slice:")) or "none"
+        slices = ", ".join(f"{v.slice}={v.value}" for v in self.flagged_slices) or "none"
         return (f"{self.current} vs baseline {self.baseline} ({self.model}): {len(self.metrics)} metrics, "
-                f"drifted: {flagged}; metrics {self.output}; report {self.report}")
+                f"drifted: {flagged}; {len(self.slices) - 1} slice values, flagged: {slices}; metrics {self.output}; "
+                f"slices {self.slice_output}; report {self.report}")
 
 
 def monitor(spark: SparkSession, cfg: AppConfig, run_id: str) -> MonitorReport:
@@ -84,20 +98,33 @@ def monitor(spark: SparkSession, cfg: AppConfig, run_id: str) -> MonitorReport:
     sides = [with_inputs(spark, latest_scoring(baseline_df), cfg), with_inputs(spark, current_df, cfg)]
     features = feature_definitions([s.columns for s in sides], bundle.kind)
     t = Thresholds(psi=mcfg.psi_threshold, ks_pvalue=mcfg.ks_pvalue, min_rows=mcfg.min_rows, bins=mcfg.bins)
-    samples = [collect_sample(spark, df, cfg, bundle, features) for df in sides]
-    metrics = compare_samples(samples[0], samples[1], bundle.labels, t)
+    baseline_side = prepare_side(spark, sides[0], cfg, bundle, features)
+    current_side = prepare_side(spark, sides[1], cfg, bundle, features).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        samples = [collect_sample(df, cfg, bundle, features) for df in (baseline_side, current_side)]
+        verdicts = slice_verdicts(current_side, cfg, bundle)
+    finally:
+        current_side.unpersist()
+    rules = slice_rules(cfg)
+    metrics = compare_samples(samples[0], samples[1], bundle.labels, t) + slice_metrics(verdicts, rules)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    output = resolve_path(cfg.paths.data_dir, mcfg.output)
+    output, slice_output = (resolve_path(cfg.paths.data_dir, p) for p in (mcfg.output, mcfg.slice_output))
     names = (baseline_uri + (f"[split={mcfg.baseline_split}]" if mcfg.baseline_split else ""), current_uri)
     write_table(spark.createDataFrame([(run_id, *names, bundle.ref.label, *_row(m), now) for m in metrics], METRICS_DDL),
                 output, fmt=mcfg.format, mode="append", delta_writer=cfg.spark.delta_writer)
+    slice_rows = [(run_id, names[1], bundle.ref.label, *r.values(), now) for r in verdict_rows(verdicts)]
+    write_table(spark.createDataFrame(slice_rows, SLICES_DDL), slice_output, fmt=mcfg.format, mode="append",
+                delta_writer=cfg.spark.delta_writer)
     report_path = f"{resolve_path(cfg.paths.data_dir, mcfg.report_dir).rstrip('/')}/{run_id}/report.html"
     facts = {"run id": run_id, "baseline": names[0], "current": names[1], "model": bundle.ref.label,
              "computed at": f"{now:%Y-%m-%d %H:%M:%S} UTC", "PSI bins": mcfg.bins, "psi_threshold": t.psi,
-             "ks_pvalue": t.ks_pvalue, "min_rows": t.min_rows}
-    write_text(report_path, render_html(f"Drift report {run_id}", facts, metrics, _plots(samples, bundle.labels)))
+             "ks_pvalue": t.ks_pvalue, "min_rows": t.min_rows, "slice rules": rules}
+    page = render_html(f"Drift report {run_id}", facts, [m for m in metrics if not m.feature.startswith("slice:")],
+                       _plots(samples, bundle.labels), sections={"Slices of the current table": slices_html(verdicts)})
+    write_text(report_path, page)
     mlflow_run = _log_mlflow(cfg, target, run_id, facts, metrics, report_path)
-    report = MonitorReport(run_id, names[0], names[1], bundle.ref.label, tuple(metrics), output, report_path, mlflow_run)
+    report = MonitorReport(run_id, names[0], names[1], bundle.ref.label, tuple(metrics), output, report_path, mlflow_run,
+                           tuple(verdicts), slice_output)
     log.info("%s", report.describe())
     return report
 
@@ -160,13 +187,53 @@ def add_features(df: DataFrame, features: dict[str, str], cfg: AppConfig) -> Dat
     return df
 
 
-def collect_sample(spark: SparkSession, df: DataFrame, cfg: AppConfig, bundle: ModelBundle,
-                   features: dict[str, str]) -> Sample:
-    """Score ``df`` if it is an input table, then gather counts, accuracy and (sampled) feature values."""
+def prepare_side(spark: SparkSession, df: DataFrame, cfg: AppConfig, bundle: ModelBundle,
+                 features: dict[str, str]) -> DataFrame:
+    """``df`` with the feature columns, scored first if it is an input table (its inputs kept for the slices)."""
     df = add_features(df, features, cfg)
     if not _is_predictions(df):
-        keep = tuple(c for c in (*DEFAULT_PASSTHROUGH, *features) if c in df.columns)
-        df = score_rows(spark, df, replace(cfg, inference=replace(cfg.inference, passthrough=keep)), bundle)
+        keep = tuple(c for c in (*DEFAULT_PASSTHROUGH, *features, *SLICE_INPUTS, *(cfg.monitor.slices or ()))
+                     if c in df.columns)
+        df = score_rows(spark, df, replace(cfg, inference=replace(cfg.inference, passthrough=tuple(dict.fromkeys(keep)))),
+                        bundle)
+    return df
+
+
+SLICE_INPUTS = ("text", "attention_mask", "source_path")   # what the derived slices read, kept through scoring
+
+
+def slice_rules(cfg: AppConfig) -> SliceRules:
+    m = cfg.monitor
+    return SliceRules(min_rows=m.slice_min_rows, min_labelled=m.slice_min_labelled,
+                      min_accuracy_ratio=m.slice_min_accuracy_ratio, min_rate_ratio=m.slice_min_rate_ratio,
+                      max_ece_increase=m.slice_max_ece_increase)
+
+
+def positive_class(cfg: AppConfig, bundle: ModelBundle) -> str | None:
+    """``monitor.positive_class``, else ``positive`` when the model has that class, else None (no positive rate)."""
+    wanted = cfg.monitor.positive_class
+    if wanted is None:
+        return "positive" if "positive" in bundle.labels else None
+    if wanted not in bundle.labels:
+        raise ConfigError(f"monitor.positive_class: {wanted!r} is not a class of {bundle.ref.label} ({list(bundle.labels)})")
+    return wanted
+
+
+def slice_verdicts(df: DataFrame, cfg: AppConfig, bundle: ModelBundle) -> list[SliceVerdict]:
+    """Per slice value of the scored ``df``: counts, accuracy, positive rate, confidence, ECE and the verdict."""
+    try:
+        slices = slice_columns(df.columns, cfg.monitor.slices)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    positive = positive_class(cfg, bundle)
+    cells = aggregate_slices(df, slices, expected_labels(bundle) if "label" in df.columns else {}, positive)
+    for name, left_out in dropped_values(cells).items():
+        log.warning("slice %s has %d values more than the report keeps; the least frequent are left out", name, left_out)
+    return judge_slices(cells, slice_rules(cfg), has_positive=positive is not None)
+
+
+def collect_sample(df: DataFrame, cfg: AppConfig, bundle: ModelBundle, features: dict[str, str]) -> Sample:
+    """Gather counts, accuracy and (sampled) feature values of a prepared side (:func:`prepare_side`)."""
     cols = ["prediction", "probability", "probabilities", "error", *features, *(["label"] if "label" in df.columns else [])]
     df = df.select(*cols).persist(StorageLevel.MEMORY_AND_DISK)
     try:

@@ -225,6 +225,11 @@ def test_an_unshifted_sample_is_not_flagged_and_everything_is_written(spark, mon
     assert written.count() == len(report.metrics) and written.where("drifted").count() == 0
     page = Path(report.report).read_text()
     assert page.count("<img") == 1 + 2 + 1 + 3     # class shares, brightness/contrast, probability, 3 per-class
+    assert "Slices of the current table" in page and report.flagged_slices == []
+    slices = spark.read.parquet(report.slice_output).where("run_id = 'run-same'")
+    assert {r["slice"] for r in slices.select("slice").distinct().collect()} == {"all", "label", "prediction", "brightness"}
+    assert slices.where("slice = 'label'").groupBy().sum("rows").first()[0] == N     # every row in one label value
+    assert slices.where("slice = 'all'").first()["accuracy"] == 1.0
     client = resolve_tracking(cfg.mlflow, str(data)).client()
     logged = client.get_run(report.mlflow_run_id).data.metrics
     assert logged["psi/brightness"] == pytest.approx(by_name["psi/brightness"].value) and logged["drifted_metrics"] == 0

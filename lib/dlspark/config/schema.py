@@ -479,9 +479,22 @@ class MonitorConfig:
     min_rows: int = 100                   # fewer rows than this on either side: reported, not judged
     bins: int = 10                        # PSI bins, at the baseline's quantiles
     sample_rows: int = 200_000            # at most this many rows per side are collected for the statistics
+    slices: tuple[str, ...] | None = None  # slice names (derived or columns); null = every derived slice the table allows
+    slice_output: str = "tables/monitoring_slices"   # one row per slice value per run
+    slice_min_rows: int = 50              # smaller slices: reported, not judged
+    slice_min_labelled: int = 30          # fewer labelled rows: accuracy and calibration not judged
+    slice_min_accuracy_ratio: float = 0.9   # slice accuracy / overall below this = flagged
+    slice_min_rate_ratio: float = 0.8     # positive-rate ratio outside [this, 1/this] = flagged (four-fifths rule)
+    slice_max_ece_increase: float = 0.1   # slice calibration error above the overall one by more = flagged
+    positive_class: str | None = None     # class whose rate is compared; null = "positive" when the model has it
 
     def __post_init__(self) -> None:
         _require(self.psi_threshold > 0, "monitor.psi_threshold: must be > 0")
+        _require(self.slice_min_rows >= 1 and self.slice_min_labelled >= 1,
+                 "monitor.slice_min_rows and slice_min_labelled: must be >= 1")
+        _require(0 < self.slice_min_accuracy_ratio <= 1 and 0 < self.slice_min_rate_ratio <= 1,
+                 "monitor.slice_min_accuracy_ratio and slice_min_rate_ratio: must be in (0, 1]")
+        _require(0 < self.slice_max_ece_increase <= 1, "monitor.slice_max_ece_increase: must be in (0, 1]")
         _require(0 < self.ks_pvalue < 1, "monitor.ks_pvalue: must be in (0, 1)")
         _require(self.min_rows >= 1, "monitor.min_rows: must be >= 1")
         _require(self.bins >= 2, f"monitor.bins: must be >= 2, got {self.bins}")
