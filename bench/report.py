@@ -225,7 +225,7 @@ def _stream_section(result: dict) -> str:
                  f"**{best:g} msg/s**." if best else "No rate met every target.") if "runs" in result else ""
     command = result.get("command", first.get("command"))
     return f"""
-## Streaming sentiment: sustained rate and micro-batch latency
+## Streaming sentiment: sustained rate and micro-batch latency ({first['model']})
 
 Command: `.venv/bin/python {command}` ({result.get('measured_at', first['measured_at'])}). The replay generator writes tweets
 (one JSON-lines file per {first['tick_s']:g} s, {first.get('malformed_fraction', 0):.0%} of the lines malformed) for
@@ -429,6 +429,27 @@ Machine: {m['cpu']}, {m['nproc']} cores; torch {m['torch']}.
 """
 
 
+REPORT_SAMPLE_COMMAND = ('./spark-submit.sh jobs/train.py --pipeline image_classification --set "train.model_options='
+                         '{widths: [8, 16, 32], hidden: 32}" --set train.distill.teacher=models:/dlspark-fashion-mnist@champion '
+                         '--set train.epochs=4 --set mlflow.registered_model=dlspark-fashion-mnist-student '
+                         '--set train.run_name=fashion-student-2')
+
+
+def _report_sample_section(folder: Path) -> str:
+    """The PNGs of one training run's report (``train.report``), copied from ``<checkpoint_dir>/<run>/report/``."""
+    pictures = "\n\n".join(f"![{p.stem}](bench/results/{folder.name}/{p.name})" for p in sorted(folder.glob("*.png")))
+    return f"""
+## Training report: a sample
+
+Every training run writes `<checkpoint_dir>/<run_name>/report/report.html` and logs it to MLflow (`train.report`).
+These are the pictures of the distilled Fashion-MNIST student's run (`{REPORT_SAMPLE_COMMAND}`, copied from
+`data/checkpoints/fashion-student-2/report/`): learning curves, the confusion matrix of the test split, the
+calibration diagram (ECE) and the 20 most confident mistakes; the HTML page adds per-class precision / recall / F1.
+
+{pictures}
+"""
+
+
 def write_benchmarks_md(results: Path, out: Path) -> None:
     files = [results / f"{name}.json" for name in INGEST_RESULTS if (results / f"{name}.json").exists()]
     files += sorted(f for name in INGEST_RESULTS for f in results.glob(f"{name}-*.json"))
@@ -454,4 +475,6 @@ def write_benchmarks_md(results: Path, out: Path) -> None:
         body += _transfer_section(json.loads((results / "transfer.json").read_text()))
     if (results / "tflite.json").exists():
         body += _tflite_section(json.loads((results / "tflite.json").read_text()))
+    if (results / "report-sample").is_dir():
+        body += _report_sample_section(results / "report-sample")
     out.write_text(HEADER + (body or "\nNo results yet.\n"))

@@ -44,6 +44,14 @@ def test_the_four_fifths_rule_on_positive_rates_flags_both_directions():
     assert not names[("slice:g=low", "accuracy_ratio")].drifted                 # accuracy 0.9 = overall
 
 
+def test_outcome_slices_get_no_positive_rate_rule():
+    cells = [cell("all", "all", 1000, 900, positive=500), cell("prediction", "positive", 500, 450, positive=500),
+             cell("label", "negative", 500, 450, positive=50)]
+    verdicts = {v.value: v for v in judge_slices(cells, RULES, has_positive=True)}
+    assert verdicts["positive"].positive_rate_ratio == pytest.approx(2.0) and not verdicts["positive"].flagged
+    assert verdicts["negative"].positive_rate_ratio == pytest.approx(0.2) and not verdicts["negative"].flagged
+
+
 def test_a_slice_calibrated_much_worse_than_the_table_is_flagged():
     cells = [cell("all", "all", 1000, 900, conf=0.9), cell("s", "overconfident", 100, 50, conf=0.95),
              cell("s", "fine", 900, 850, conf=0.9)]

@@ -7,7 +7,8 @@ probability), then judges each value against the whole table:
 
 - accuracy ratio = slice accuracy / overall accuracy, flagged below ``min_accuracy_ratio``;
 - positive-rate ratio = slice positive rate / overall positive rate, flagged outside
-  ``[min_rate_ratio, 1 / min_rate_ratio]`` (the four-fifths rule of disparate impact at 0.8);
+  ``[min_rate_ratio, 1 / min_rate_ratio]`` (the four-fifths rule of disparate impact at 0.8); not judged for the
+  outcome slices ``label`` and ``prediction`` (their positive rates differ by definition: that is per-class recall);
 - ECE, flagged when it exceeds the whole table's by more than ``max_ece_increase`` (a model badly calibrated
   everywhere is one finding, not one per slice).
 
@@ -25,6 +26,7 @@ from dlspark.monitoring.drift import Metric
 CONFIDENCE_BINS = 10
 OVERALL = ("all", "all")          # the (slice, value) pair of the whole table in the aggregate
 MAX_VALUES_PER_SLICE = 1000       # values beyond the most frequent ones are dropped from the report (and logged)
+OUTCOME_SLICES = ("label", "prediction")   # slices by the outcome itself: no positive-rate rule
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,9 @@ def slice_metrics(verdicts: Sequence[SliceVerdict], rules: SliceRules) -> list[M
         for statistic, value, base, cur, threshold, reason in checks:
             if value is None:
                 continue
+            judged = v.judged and not (statistic == "positive_rate_ratio" and v.slice in OUTCOME_SLICES)
             out.append(Metric(metric=f"{statistic}/{feature}", statistic=statistic, feature=feature, value=value,
-                              baseline_value=base, current_value=cur, threshold=threshold, judged=v.judged,
+                              baseline_value=base, current_value=cur, threshold=threshold, judged=judged,
                               drifted=any(r.startswith(reason) for r in v.reasons)))
     return out
 
@@ -171,7 +174,8 @@ def _verdict(s: _Stats, overall: _Stats, rules: SliceRules) -> SliceVerdict:
     if labelled_ok and acc_ratio is not None and acc_ratio < rules.min_accuracy_ratio:
         reasons.append(f"accuracy {s.accuracy:.3f} is {acc_ratio:.2f}x the overall {overall.accuracy:.3f} "
                        f"(< {rules.min_accuracy_ratio})")
-    if judged and rate_ratio is not None and not rules.min_rate_ratio <= rate_ratio <= 1 / rules.min_rate_ratio:
+    rate_judged = judged and s.slice not in OUTCOME_SLICES
+    if rate_judged and rate_ratio is not None and not rules.min_rate_ratio <= rate_ratio <= 1 / rules.min_rate_ratio:
         reasons.append(f"positive rate {s.positive_rate:.3f} is {rate_ratio:.2f}x the overall {overall.positive_rate:.3f} "
                        f"(outside [{rules.min_rate_ratio}, {1 / rules.min_rate_ratio:.2f}])")
     if labelled_ok and s.ece is not None and overall.ece is not None and s.ece - overall.ece > rules.max_ece_increase:
