@@ -21,7 +21,8 @@ help:
 	@echo "make demo          prepare data, ingest images + text, train + register both models (and a 2-epoch horovod +"
 	@echo "                   petastorm CNN as a candidate), score both test splits,"
 	@echo "                   export both to ONNX (image also TorchScript), distil a small sentiment student from the"
-	@echo "                   MiniLM champion (its row beside the teacher's), score 2000 replayed tweets as a stream"
+	@echo "                   MiniLM champion (its row beside the teacher's), score 2000 replayed tweets as a stream,"
+	@echo "                   then the drift and slice report of the sentiment test predictions"
 	@echo "make test          all tests except gpu (starts a local standalone cluster for 'cluster' tests)"
 	@echo "make test-fast     tests not marked slow, cluster or gpu"
 	@echo "make test-connect  the tests marked connect over Spark Connect (needs STACK=modern: pyspark 4 + grpc)"
@@ -54,6 +55,7 @@ demo: setup
 	test -e data/landing/stream/demo-000000.jsonl || \
 		$(PY) jobs/replay_tweets.py --limit 2000 --rate 100 --no-pace --malformed 0.01 --prefix demo
 	./spark-submit.sh jobs/stream_sentiment.py --pipeline sentiment --available-now
+	./spark-submit.sh jobs/monitor.py --pipeline sentiment --set monitor.current=tables/predictions/dlspark-sentiment --no-fail
 
 test:
 	$(PYTEST) -m "not gpu"
