@@ -2,7 +2,7 @@
 
 Install for development with ``./setup.sh`` (what ``make setup`` runs), which applies
 ``constraints/classic.txt`` (``STACK=modern``: ``constraints/modern.txt``). Extras: torch, tf, horovod,
-petastorm, connect, delta, mlflow, onnx, serve, tune, dev.
+petastorm, connect, delta, mlflow, onnx, serve, tune, explain, dev.
 """
 from setuptools import find_packages, setup
 
@@ -24,6 +24,8 @@ EXTRAS = {
     "serve": ["fastapi>=0.110", "uvicorn>=0.29", "uvloop>=0.19", "httptools>=0.6", "prometheus_client>=0.20", "httpx>=0.27"],
     # Hyperparameter search (jobs/tune.py): Optuna study on the driver, trials on Spark executors.
     "tune": ["optuna>=4"],
+    # Explanations (jobs/explain.py): Captum's Integrated Gradients, run on the executors.
+    "explain": ["captum>=0.7"],
     "dev": ["pytest>=8", "pytest-timeout", "ruff", "mypy", "types-PyYAML", "jupytext", "nbclient", "ipykernel"],
 }
 

@@ -1,0 +1,1 @@
+"""Per-row explanations of registered torch models: Captum's Integrated Gradients over pixels or tokens."""
