@@ -117,3 +117,50 @@ def test_the_token_the_label_depends_on_ranks_first():
 def test_a_model_without_embeddings_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="no nn.Embedding"):
         embedding_layer(torch.nn.Linear(2, 2))
+
+
+# ---------------------------------------------------------------- the job on Spark
+
+def test_explain_job_writes_one_row_per_input_row_with_errors_and_a_report(spark, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dlspark.config import load_config
+    from pipelines.explain import explain
+    from tests.inference_models import IMAGE_LABELS, IMAGE_SHAPE, register_image_model
+
+    register_image_model(tmp_path)
+    rng = np.random.default_rng(0)
+    n = 40
+    pixels = [rng.integers(0, 255, size=IMAGE_SHAPE, dtype=np.uint8).tobytes() for _ in range(n)] + [b"\x00" * 10]
+    table = pa.table({"sha256": [f"s{i:03d}" for i in range(n + 1)], "label": [IMAGE_LABELS[i % 3] for i in range(n + 1)],
+                      "pixels": pa.array(pixels, pa.binary()), "shape": [list(IMAGE_SHAPE)] * (n + 1)})
+    (tmp_path / "tables" / "images" / "split=test").mkdir(parents=True)
+    pq.write_table(table, tmp_path / "tables" / "images" / "split=test" / "part-0.parquet")
+    cfg = load_config(pipeline="image_classification", overrides=[
+        f"paths.data_dir={tmp_path}", "mlflow.registered_model=test-images", "train.table=tables/images",
+        "explain.rows=null", "explain.steps=8", "explain.batch_size=8", "explain.per_class=2"])
+    report = explain(spark, cfg, "run-x")
+    assert (report.rows, report.explained, report.errors) == (n + 1, n, 1)        # counts reconcile, nothing dropped
+    out = spark.read.parquet(report.output).where("run_id = 'run-x'")
+    bad = out.where("sha256 = 's040'").first()
+    assert bad["prediction"] is None and bad["attributions"] is None and bad["error"].startswith("wrong_shape")
+    good = out.where("error is null").collect()
+    assert all(r["attribution_shape"] == [8, 8] and len(r["attributions"]) == 64 and min(r["attributions"]) >= 0
+               for r in good)
+    page = (tmp_path / "reports" / "explanations" / "run-x" / "report.html").read_text()
+    assert "Integrated Gradients" in page and page.count("<img") >= 1 and "predicted" in page
+
+
+def test_explain_refuses_a_split_the_input_does_not_have(spark, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dlspark.config import ConfigError, load_config
+    from pipelines.explain import select_rows
+
+    (tmp_path / "t").mkdir()
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "t" / "part-0.parquet")
+    cfg = load_config(pipeline="image_classification", overrides=["explain.split=test"])
+    with pytest.raises(ConfigError, match="has no split column"):
+        select_rows(spark.read.parquet(str(tmp_path / "t")), cfg)

@@ -3,6 +3,7 @@ from dlspark.config.loader import PROFILES, apply_override, config_hash, deep_me
 from dlspark.config.schema import (
     AppConfig,
     DistillConfig,
+    ExplainConfig,
     FeedConfig,
     ImageIngestConfig,
     InferenceConfig,
@@ -27,6 +28,7 @@ __all__ = [
     "AppConfig",
     "ConfigError",
     "DistillConfig",
+    "ExplainConfig",
     "FeedConfig",
     "ImageIngestConfig",
     "InferenceConfig",

@@ -502,6 +502,27 @@ class MonitorConfig:
                  f"monitor.sample_rows ({self.sample_rows}) must be >= monitor.min_rows ({self.min_rows})")
 
 
+@dataclass(frozen=True)
+class ExplainConfig:
+    """Per-row Integrated Gradients attributions of a registered torch model (``jobs/explain.py``)."""
+
+    model: str | None = None              # null = inference.model (else the registered model's alias)
+    input: str | None = None              # table to explain; null = inference.input, else train.table
+    split: Literal["train", "val", "test"] | None = "test"   # rows of that split; null = every row
+    rows: int | None = 200                # a random sample of this many rows (seeded); null = the whole table
+    seed: int = 0
+    steps: int = 32                       # Integrated Gradients steps (model passes per row)
+    batch_size: int = 16                  # rows attributed together (x steps per forward pass)
+    output: str | None = None             # null = tables/explanations/<registered model name>
+    report_dir: str = "reports/explanations"
+    per_class: int = 6                    # examples per class on the report page
+
+    def __post_init__(self) -> None:
+        _require(self.rows is None or self.rows >= 1, f"explain.rows: must be >= 1 or null, got {self.rows}")
+        _require(1 <= self.steps <= 1024, f"explain.steps: must be in [1, 1024], got {self.steps}")
+        _require(self.batch_size >= 1 and self.per_class >= 1, "explain.batch_size and explain.per_class: must be >= 1")
+
+
 ParamType = Literal["float", "uniform", "loguniform", "int", "categorical"]
 # train.* keys a study may not vary: they choose the data, labels, feeder, backend or where results go (all fixed
 # on the driver before the trials start), or the objective itself.
@@ -606,6 +627,7 @@ class AppConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
 
     # ---- derived defaults: the one place every job asks for them ----
 
@@ -636,6 +658,15 @@ class AppConfig:
         """``train.distill.table``, null = ``tables/distill/<teacher name>-v<version>`` (``teacher``: a ``ModelRef``)."""
         name = f"{teacher.name}-v{teacher.version}" if teacher.name else re.sub(r"[^A-Za-z0-9_.-]+", "_", teacher.uri)
         return self.train.distill.table or f"tables/distill/{name}"
+
+    def explanations_output(self, model_name: str | None) -> str:
+        """``explain.output``, null = ``tables/explanations/<model name>`` (relative to ``paths.data_dir``)."""
+        return self.explain.output or f"tables/explanations/{model_name or 'model'}"
+
+    @property
+    def explain_input(self) -> str:
+        """``explain.input``, null = ``inference.input``, null = ``train.table``."""
+        return self.explain.input or self.inference.input or self.train.table
 
     def predictions_output(self, model_name: str | None) -> str:
         """``inference.output``, null = ``tables/predictions/<model name>`` (relative to ``paths.data_dir``)."""
