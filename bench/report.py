@@ -417,7 +417,8 @@ Command: `{r['command']}` ({r['measured_at']}). A CNN pretrained on classes 0-4 
 test accuracy {s['test_accuracy']:.4f} on those classes), then classes 5-9 learnt from N labelled train images per class,
 {r['target_steps']} optimizer steps each, best epoch by accuracy on {r['val_rows']} val rows; test accuracy on the whole
 target test split ({r['rows'][0]['test_rows']} rows). `train.transfer.freeze: none` fine-tunes every layer from the source's
-weights, `all` trains the new head alone.
+weights, `all` freezes the convolutions and trains the head alone (both tasks have 5 classes, so the source's head is
+carried too); every variant uses the same `train.lr`.
 
 | | {' | '.join(f'{n} per class' for n in sizes)} |
 | --- | {' | '.join('---' for _ in sizes)} |
@@ -426,6 +427,26 @@ weights, `all` trains the new head alone.
 ![transfer learning curve](bench/results/transfer.png)
 
 Machine: {m['cpu']}, {m['nproc']} cores; torch {m['torch']}.
+"""
+
+
+def _explain_section(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"| {x['kind']} | {x['model']} | {x['explained']} of {x['rows']} | {x['steps']} | {x['seconds']} | "
+             f"**{x['rows_per_s']}** | {x['bare_rows_per_s']} | {x['ours_over_bare']} |" for x in r["results"]]
+    return f"""
+## Explanations: Integrated Gradients rows/s on local[2]
+
+Command: `{r['command']}` ({r['measured_at']}). `jobs/explain.py`'s pipeline on a seeded sample of each champion's
+test split, timed from the explaining job's start to the written table (model shipping, Arrow, the Parquet write
+included); bare: the same attribution function in one process with 2 torch threads on rows already in memory.
+Each row costs `steps` forward and backward passes of the model.
+
+| model | | rows | IG steps | seconds | rows/s | bare rows/s | ours / bare |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{chr(10).join(lines)}
+
+Machine: {m['cpu']}, {m['nproc']} cores, load average at start {m['load_average_at_start']}; torch {m['torch']}.
 """
 
 
@@ -475,6 +496,8 @@ def write_benchmarks_md(results: Path, out: Path) -> None:
         body += _transfer_section(json.loads((results / "transfer.json").read_text()))
     if (results / "tflite.json").exists():
         body += _tflite_section(json.loads((results / "tflite.json").read_text()))
+    if (results / "explain.json").exists():
+        body += _explain_section(json.loads((results / "explain.json").read_text()))
     if (results / "report-sample").is_dir():
         body += _report_sample_section(results / "report-sample")
     out.write_text(HEADER + (body or "\nNo results yet.\n"))
