@@ -85,7 +85,7 @@ def main() -> int:
             f"paths.data_dir={args.data_dir}", f"explain.rows={rows}", f"explain.steps={args.steps}",
             f"explain.batch_size={args.batch_size}", f"spark.master=local[{CORES}]", "spark.ui_enabled=false"])
         spark = spark or build_spark_session(cfg.spark)
-        report = explain(spark, cfg, f"bench-{pipeline}")
+        report = explain(spark, cfg, f"bench-{pipeline}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
         bundle = load_model(resolve_tracking(cfg.mlflow, str(args.data_dir)), cfg.model_uri(None, "champion"), runtime="source")
         bare = bare_rate(bundle.kind, bundle.local_dir, dict(bundle.preprocessing), args.data_dir / table, rows, args.steps,
                          args.batch_size)
