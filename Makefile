@@ -22,7 +22,8 @@ help:
 	@echo "                   petastorm CNN as a candidate), score both test splits,"
 	@echo "                   export both to ONNX (image also TorchScript), distil a small sentiment student from the"
 	@echo "                   MiniLM champion (its row beside the teacher's), score 2000 replayed tweets as a stream,"
-	@echo "                   then the drift and slice report of the sentiment test predictions"
+	@echo "                   then the drift and slice report of the sentiment test predictions and the explanation"
+	@echo "                   pages of both champions (Integrated Gradients)"
 	@echo "make test          all tests except gpu (starts a local standalone cluster for 'cluster' tests)"
 	@echo "make test-fast     tests not marked slow, cluster or gpu"
 	@echo "make test-connect  the tests marked connect over Spark Connect (needs STACK=modern: pyspark 4 + grpc)"
@@ -56,6 +57,8 @@ demo: setup
 		$(PY) jobs/replay_tweets.py --limit 2000 --rate 100 --no-pace --malformed 0.01 --prefix demo
 	./spark-submit.sh jobs/stream_sentiment.py --pipeline sentiment --available-now
 	./spark-submit.sh jobs/monitor.py --pipeline sentiment --set monitor.current=tables/predictions/dlspark-sentiment --no-fail
+	./spark-submit.sh jobs/explain.py --pipeline image_classification
+	./spark-submit.sh jobs/explain.py --pipeline sentiment --set explain.rows=50 --set explain.steps=16
 
 test:
 	$(PYTEST) -m "not gpu"
