@@ -46,3 +46,14 @@ def child_connect(env: dict[str, str]) -> list[str]:
         env.pop(inherited, None)
     env["SPARK_TESTING"] = "1"  # pyspark's switch for an in-process server on a free port (this process may hold 15002)
     return [f"spark.remote={remote}"]
+
+
+def once_per_ci(reason: str) -> pytest.MarkDecorator:
+    """Skip on the modern stack a slow test whose subject is the same code on both stacks (same torch, TF and
+    captum; no pyarrow or pyspark behaviour in question), so CI runs it once, on the classic stack. ``reason``
+    says why the modern run adds nothing."""
+    import sys
+    from pathlib import Path
+
+    modern = Path(sys.prefix).name == ".venv-modern"
+    return pytest.mark.skipif(modern, reason=f"runs on the classic stack only: {reason}")

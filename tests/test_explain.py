@@ -15,6 +15,9 @@ pytest.importorskip("captum")
 from dlspark.explain.attributions import embedding_layer, explain_images, explain_tokens, region_share  # noqa: E402
 from dlspark.models import build_model  # noqa: E402
 from dlspark.models.servable import servable  # noqa: E402
+from tests.stacks import once_per_ci  # noqa: E402
+
+PURE_TORCH = once_per_ci("pure torch and captum, the same versions on both stacks")
 
 SIZE, MEAN, STD = 16, (0.5,), (0.25,)
 QUADRANT = (slice(0, SIZE // 2), slice(0, SIZE // 2))
@@ -60,6 +63,7 @@ def region_model():
     return _fit(model, _cycle(x, y), 300)
 
 
+@PURE_TORCH
 def test_image_attributions_fall_where_the_label_is_decided(region_model):
     x, y = _images(64, 1)
     out = explain_images(region_model, x, MEAN, STD, steps=32)
@@ -71,6 +75,7 @@ def test_image_attributions_fall_where_the_label_is_decided(region_model):
     assert np.median(out.convergence) < 0.1                            # IG's sum matches the logit gap
 
 
+@PURE_TORCH
 def test_a_model_of_another_region_is_not_credited_to_the_quadrant(region_model):
     # control: the same rows explained by a model that learnt the bottom-right quadrant puts little mass top-left
     x, y = _images(1024, 2)
@@ -82,6 +87,7 @@ def test_a_model_of_another_region_is_not_credited_to_the_quadrant(region_model)
     assert region_share(out.scores, QUADRANT)[out.target == 1].mean() < 0.3
 
 
+@PURE_TORCH
 def test_the_token_the_label_depends_on_ranks_first():
     length, key = 12, 7
 

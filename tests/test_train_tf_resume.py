@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+from tests.stacks import once_per_ci  # noqa: E402
 from tests.test_train_tf import write_image_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +71,8 @@ def _kill_at_mid_epoch_1(proc: subprocess.Popen, run_dir: Path, timeout: float =
 
 
 @pytest.mark.slow
+@once_per_ci("the resume logic is the shared training core and TF's checkpoints; the barrier-task launch it goes "
+             "through is tested on both stacks by test_train_tf's multi-worker test")
 def test_multiworker_killed_mid_epoch_resumes_without_recounting(tmp_path):
     table = write_image_table(tmp_path / "table", {"train": 1536, "val": 64, "test": 64}, seed=5)
     script = tmp_path / "train_script.py"
