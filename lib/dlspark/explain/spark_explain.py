@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from dlspark.inference.scoring import ScoringSpec, model_inputs, resolve_model_dir
+from dlspark.inference.scoring import ScoringSpec, model_inputs, raw_text_tokenizer, resolve_model_dir
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -52,16 +52,18 @@ def explain_batches(batches: Iterable[pa.RecordBatch], spec: ScoringSpec, steps:
     set_torch_threads(spec.threads or task_cpus())
     model = _eager_model(spec.cache_key, resolve_model_dir(spec))
     decode = _token_decoder(spec) if spec.kind == "text" else None
+    tokenizer = raw_text_tokenizer(spec)
     for batch in batches:
-        yield explain_record_batch(batch, spec, model, steps, decode)
+        yield explain_record_batch(batch, spec, model, steps, decode, tokenizer)
 
 
 def explain_record_batch(batch: pa.RecordBatch, spec: ScoringSpec, model: Any, steps: int,
-                         decode: Any = None) -> pa.RecordBatch:
-    """Passthrough columns + :data:`EXPLANATION_SCHEMA` columns for one batch (rows in input order)."""
+                         decode: Any = None, tokenizer: Any = None) -> pa.RecordBatch:
+    """Passthrough columns + :data:`EXPLANATION_SCHEMA` columns for one batch (rows in input order); ``tokenizer``:
+    for a raw text column (``text_mode: text``), as scoring takes it."""
     from dlspark.explain.attributions import explain_images, explain_tokens
 
-    inputs = model_inputs(batch, spec)
+    inputs = model_inputs(batch, spec, tokenizer)
     n = batch.num_rows
     prediction: list[str | None] = [None] * n
     probability: list[float | None] = [None] * n

@@ -82,7 +82,7 @@ class ScoringSpec:
 def score_batches(batches: Iterable[pa.RecordBatch], spec: ScoringSpec) -> Iterator[pa.RecordBatch]:
     """Score every batch with the process's cached model; one output row per input row, in order."""
     predictor = cached_predictor(spec)
-    tokenizer = _tokenizer(spec)
+    tokenizer = raw_text_tokenizer(spec)
     for batch in batches:
         yield score_record_batch(batch, spec, predictor, tokenizer)
 
@@ -255,7 +255,8 @@ def _task_context() -> Any:
     return TaskContext.get()
 
 
-def _tokenizer(spec: ScoringSpec) -> Any:
+def raw_text_tokenizer(spec: ScoringSpec) -> Any:
+    """The tokenizer that turns a raw text column into ids (text_mode text), else None."""
     if spec.kind != "text" or spec.text_mode != "text":
         return None
     from dlspark.text.tokenize import load_tokenizer
