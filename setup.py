@@ -2,7 +2,7 @@
 
 Install for development with ``./setup.sh`` (what ``make setup`` runs), which applies
 ``constraints/classic.txt`` (``STACK=modern``: ``constraints/modern.txt``). Extras: torch, tf, horovod,
-petastorm, connect, delta, mlflow, onnx, serve, tune, explain, dev.
+petastorm, connect, delta, mlflow, onnx, serve, tune, explain, embed, dev.
 """
 from setuptools import find_packages, setup
 
@@ -26,6 +26,8 @@ EXTRAS = {
     "tune": ["optuna>=4"],
     # Explanations (jobs/explain.py): Captum's Integrated Gradients, run on the executors.
     "explain": ["captum>=0.7"],
+    # Embeddings and nearest-neighbour search: faiss's HNSW index (dlspark.embeddings.ann).
+    "embed": ["faiss-cpu>=1.8"],
     "dev": ["pytest>=8", "pytest-timeout", "ruff", "mypy", "types-PyYAML", "jupytext", "nbclient", "ipykernel"],
 }
 

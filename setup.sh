@@ -18,9 +18,9 @@ CACHE=${DLSPARK_CACHE:-$HOME/.cache/dlspark}
 HOROVOD_VERSION=0.28.1
 case "$STACK" in
     # pyspark 3.5, pyarrow 14, numpy 1.26: petastorm, horovod and TF (constraints/classic.txt).
-    classic) VENV=.venv; EXTRAS=torch,tf,petastorm,delta,mlflow,onnx,serve,tune,explain,dev ;;
+    classic) VENV=.venv; EXTRAS=torch,tf,petastorm,delta,mlflow,onnx,serve,tune,explain,embed,dev ;;
     # pyspark 4.3 with Spark Connect, pyarrow 26, numpy 2: no petastorm (constraints/modern.txt).
-    modern) VENV=.venv-modern; EXTRAS=torch,tf,connect,delta,mlflow,onnx,serve,tune,explain,dev ;;
+    modern) VENV=.venv-modern; EXTRAS=torch,tf,connect,delta,mlflow,onnx,serve,tune,explain,embed,dev ;;
     *) printf '[setup] ERROR: STACK=%s; use STACK=classic (petastorm, pyspark 3.5) or STACK=modern (pyspark 4, Connect)\n' "$STACK" >&2; exit 2 ;;
 esac
 CONSTRAINTS=constraints/$STACK.txt

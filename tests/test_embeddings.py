@@ -1,0 +1,73 @@
+"""Embeddings (the head's input, unit length) and nearest neighbours: exact top-k as the reference, faiss HNSW
+judged against it (recall@10 >= 0.95 on clustered vectors), an index saved and loaded answering the same."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("faiss")
+
+from dlspark.embeddings.ann import build_hnsw, exact_topk, load_index, recall_at_k, save_index, search  # noqa: E402
+from dlspark.embeddings.vectors import classifier_head, embed  # noqa: E402
+from dlspark.models import build_model  # noqa: E402
+
+
+def _clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    x = centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_image_embeddings_are_the_heads_input_as_unit_vectors():
+    torch.manual_seed(0)
+    model = build_model({"name": "cnn", "in_channels": 1, "num_classes": 10, "widths": [4, 8], "hidden": 12}).eval()
+    x = torch.randn(5, 1, 16, 16)
+    vectors = embed(model, x, 10)
+    head = classifier_head(model, 10)
+    assert vectors.shape == (5, head.in_features) == (5, 12)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(embed(model, x, 10), vectors)               # the same rows, the same vectors
+    assert not head._forward_hooks                                          # the hook is gone afterwards
+    with torch.no_grad():                                                   # and it is what the head reads
+        logits = model(x)
+    captured = []
+    head.register_forward_hook(lambda _m, a, _o: captured.append(a[0]))
+    with torch.no_grad():
+        model(x)
+    np.testing.assert_allclose(torch.nn.functional.normalize(captured[0], dim=1).numpy(), vectors, rtol=1e-5, atol=1e-6)
+    assert logits.shape == (5, 10)
+
+
+def test_text_embeddings_come_from_the_servable_model_too():
+    from dlspark.models.servable import servable
+
+    model = servable(build_model({"name": "textcnn", "num_classes": 2, "embeddings": None, "vocab_size": 50,
+                                  "embed_dim": 8, "kernel_sizes": [3], "channels": 6}), "text")
+    stacked = torch.stack([torch.randint(1, 50, (3, 7)), torch.ones(3, 7, dtype=torch.long)], dim=1)
+    assert embed(model, stacked, 2).shape == (3, 6)
+    with pytest.raises(ValueError, match="no nn.Linear with 5 outputs"):
+        embed(model, stacked, 5)
+
+
+def test_exact_topk_is_the_brute_force_order_and_each_row_finds_itself():
+    x = _clustered(500, 16, 5, 0)
+    found = exact_topk(x, x[:50], 10, batch=7)
+    brute = np.argsort(-(x[:50] @ x.T), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(found.ids[:, 0], np.arange(50))
+    assert (found.ids == brute).mean() > 0.99 and (np.diff(found.scores, axis=1) <= 1e-6).all()
+
+
+def test_hnsw_recall_at_10_against_exact_and_a_saved_index_answers_the_same(tmp_path):
+    # fuzzy clusters (top-10 similarities ~0.45-0.5, close together): a hard case; ef_search 64 finds 0.88 of them
+    x = _clustered(20_000, 32, 50, 1)
+    queries = _clustered(500, 32, 50, 2)
+    index = build_hnsw(x)
+    found = search(index, queries, 10, ef_search=128)
+    assert recall_at_k(found, exact_topk(x, queries, 10)) >= 0.95
+    save_index(index, tmp_path / "ann" / "index.faiss")
+    again = search(load_index(tmp_path / "ann" / "index.faiss"), queries, 10, ef_search=128)
+    np.testing.assert_array_equal(again.ids, found.ids)
+    low = recall_at_k(search(index, queries, 10, ef_search=10), exact_topk(x, queries, 10))
+    assert low <= recall_at_k(found, exact_topk(x, queries, 10))          # ef_search trades recall for speed
