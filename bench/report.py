@@ -450,6 +450,26 @@ Machine: {m['cpu']}, {m['nproc']} cores, load average at start {m['load_average_
 """
 
 
+def _ann_section(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"| {x['ef_search']} | **{x['recall_at_10']:.4f}** | {x['batch_queries_per_s']:,} | {x['single_query_p50_ms']} | "
+             f"{x['single_query_p95_ms']} |" for x in r["results"]]
+    return f"""
+## Nearest neighbours: faiss HNSW vs exact top-k over {r['vectors']:,} image embeddings
+
+Command: `{r['command']}` ({r['measured_at']}). Embeddings: {r['model']}'s head input ({r['dim']} dimensions, unit length),
+{r['embed_rows_per_s']} images/s in one process. Index: {r['index']}, built in {r['build_s']} s. {r['queries']} queries
+drawn from the indexed rows; recall@10 against exact top-k (numpy, {r['exact_queries_per_s']} queries/s in batches);
+2 threads. Targets: recall@10 >= {r['target']['recall_at_10']}, a query well under {r['target']['single_query_p95_ms']} ms.
+
+| ef_search | recall@10 | queries/s (one batch) | one query p50 ms | one query p95 ms |
+| --- | --- | --- | --- | --- |
+{chr(10).join(lines)}
+
+Machine: {m['cpu']}, {m['nproc']} cores, load average at start {m['load_average_at_start']}; faiss {m['faiss']}.
+"""
+
+
 REPORT_SAMPLE_COMMAND = ('./spark-submit.sh jobs/train.py --pipeline image_classification --set "train.model_options='
                          '{widths: [8, 16, 32], hidden: 32}" --set train.distill.teacher=models:/dlspark-fashion-mnist@champion '
                          '--set train.epochs=4 --set mlflow.registered_model=dlspark-fashion-mnist-student '
@@ -496,6 +516,8 @@ def write_benchmarks_md(results: Path, out: Path) -> None:
         body += _transfer_section(json.loads((results / "transfer.json").read_text()))
     if (results / "tflite.json").exists():
         body += _tflite_section(json.loads((results / "tflite.json").read_text()))
+    if (results / "ann.json").exists():
+        body += _ann_section(json.loads((results / "ann.json").read_text()))
     if (results / "explain.json").exists():
         body += _explain_section(json.loads((results / "explain.json").read_text()))
     if (results / "report-sample").is_dir():
