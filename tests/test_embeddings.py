@@ -71,3 +71,52 @@ def test_hnsw_recall_at_10_against_exact_and_a_saved_index_answers_the_same(tmp_
     np.testing.assert_array_equal(again.ids, found.ids)
     low = recall_at_k(search(index, queries, 10, ef_search=10), exact_topk(x, queries, 10))
     assert low <= recall_at_k(found, exact_topk(x, queries, 10))          # ef_search trades recall for speed
+
+
+# ---------------------------------------------------------------- the job on Spark
+
+def _image_table(root, start: int, n: int, bad: int = 0) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.inference_models import IMAGE_LABELS, IMAGE_SHAPE
+
+    rng = np.random.default_rng(start)
+    pixels = [rng.integers(0, 255, size=IMAGE_SHAPE, dtype=np.uint8).tobytes() for _ in range(n)] + [b"\x01" * 3] * bad
+    keys = [f"s{i:04d}" for i in range(start, start + n + bad)]
+    table = pa.table({"sha256": keys, "label": [IMAGE_LABELS[i % 3] for i in range(len(keys))],
+                      "pixels": pa.array(pixels, pa.binary()), "shape": [list(IMAGE_SHAPE)] * len(keys)})
+    folder = root / "tables" / "images" / "split=test"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / f"part-{start}.parquet")
+
+
+def test_embed_job_is_incremental_and_its_index_finds_each_row_itself(spark, tmp_path):
+    import json
+
+    from dlspark.config import load_config
+    from dlspark.embeddings.ann import load_index, search
+    from pipelines.embed import embed as embed_job
+    from tests.inference_models import register_image_model
+
+    register_image_model(tmp_path)
+    _image_table(tmp_path, 0, 40, bad=1)
+    cfg = load_config(pipeline="image_classification", overrides=[
+        f"paths.data_dir={tmp_path}", "mlflow.registered_model=test-images", "train.table=tables/images"])
+    first = embed_job(spark, cfg, "run-1")
+    assert (first.input_rows, first.embedded, first.refused, first.skipped, first.vectors) == (41, 41, 1, 0, 40)
+    again = embed_job(spark, cfg, "run-2")
+    assert (again.embedded, again.skipped, again.vectors) == (0, 41, 40)      # nothing twice
+    _image_table(tmp_path, 100, 10)
+    more = embed_job(spark, cfg, "run-3")
+    assert (more.embedded, more.skipped, more.vectors) == (10, 41, 50)
+    table = spark.read.parquet(more.output)
+    assert table.count() == 51 and table.where("error is not null").count() == 1
+    folder = tmp_path / "tables" / "embeddings" / "test-images" / "_index" / "test-images-v1"
+    keys = json.loads((folder / "keys.json").read_text())["keys"]
+    assert json.loads((folder / "manifest.json").read_text())["vectors"] == 50 == len(keys)
+    vectors = {r["sha256"]: r["embedding"] for r in table.where("embedding is not null").collect()}
+    queries = np.asarray([vectors[k] for k in keys[:20]], np.float32)
+    found = search(load_index(folder / "index.faiss"), queries, 1)
+    sims = np.asarray([float(np.dot(vectors[keys[i]], vectors[keys[int(j)]])) for i, j in enumerate(found.ids[:, 0])])
+    assert (sims > 0.9999).all()          # each row's nearest is itself (or an identical vector)

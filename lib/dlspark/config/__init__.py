@@ -3,6 +3,7 @@ from dlspark.config.loader import PROFILES, apply_override, config_hash, deep_me
 from dlspark.config.schema import (
     AppConfig,
     DistillConfig,
+    EmbedConfig,
     ExplainConfig,
     FeedConfig,
     ImageIngestConfig,
@@ -28,6 +29,7 @@ __all__ = [
     "AppConfig",
     "ConfigError",
     "DistillConfig",
+    "EmbedConfig",
     "ExplainConfig",
     "FeedConfig",
     "ImageIngestConfig",

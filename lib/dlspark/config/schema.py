@@ -523,6 +523,25 @@ class ExplainConfig:
         _require(self.batch_size >= 1 and self.per_class >= 1, "explain.batch_size and explain.per_class: must be >= 1")
 
 
+@dataclass(frozen=True)
+class EmbedConfig:
+    """An embeddings table of a registered torch model and its nearest-neighbour index (``jobs/embed.py``)."""
+
+    model: str | None = None              # null = inference.model (else the registered model's alias)
+    input: str | None = None              # null = inference.input, else train.table
+    split: Literal["train", "val", "test"] | None = None   # null = every row
+    output: str | None = None             # null = tables/embeddings/<registered model name>
+    batch_size: int = 256
+    index: bool = True                    # build the HNSW index of the model version's vectors beside the table
+    hnsw_m: int = 32
+    ef_construction: int = 200
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"embed.batch_size: must be >= 1, got {self.batch_size}")
+        _require(self.hnsw_m >= 4 and self.ef_construction >= self.hnsw_m,
+                 "embed.hnsw_m: must be >= 4, and embed.ef_construction >= embed.hnsw_m")
+
+
 ParamType = Literal["float", "uniform", "loguniform", "int", "categorical"]
 # train.* keys a study may not vary: they choose the data, labels, feeder, backend or where results go (all fixed
 # on the driver before the trials start), or the objective itself.
@@ -628,6 +647,7 @@ class AppConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
 
     # ---- derived defaults: the one place every job asks for them ----
 
@@ -662,6 +682,15 @@ class AppConfig:
     def explanations_output(self, model_name: str | None) -> str:
         """``explain.output``, null = ``tables/explanations/<model name>`` (relative to ``paths.data_dir``)."""
         return self.explain.output or f"tables/explanations/{model_name or 'model'}"
+
+    def embeddings_output(self, model_name: str | None) -> str:
+        """``embed.output``, null = ``tables/embeddings/<model name>`` (relative to ``paths.data_dir``)."""
+        return self.embed.output or f"tables/embeddings/{model_name or 'model'}"
+
+    @property
+    def embed_input(self) -> str:
+        """``embed.input``, null = ``inference.input``, null = ``train.table``."""
+        return self.embed.input or self.inference.input or self.train.table
 
     @property
     def explain_input(self) -> str:

@@ -1,0 +1,132 @@
+"""Embeddings pipeline: a registered torch model's head input for every row of a table -> an embeddings table
+(incremental: rows this model version already embedded, by ``sha256`` or ``record_id``, are skipped) and a faiss
+HNSW index of all the version's vectors, saved beside the table.
+
+Index folder: ``<embed.output>/_index/<model name>-v<version>/`` with ``index.faiss``, ``keys.json`` (the row key of
+each vector, in index order) and ``manifest.json`` (model, vectors, dimension, HNSW settings, build time). A rerun
+that embedded no new rows keeps the index; new rows rebuild it, so it always covers the table's rows of that version.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pyspark.sql import functions as F
+
+from dlspark.config import AppConfig, ConfigError
+from dlspark.embeddings.spark_embed import embed_dataframe
+from dlspark.filesystem import write_text
+from dlspark.inference.inputs import ingest_text_fallback
+from dlspark.inference.model import load_model
+from dlspark.inference.spark_scoring import scoring_spec, ship_model
+from dlspark.paths import resolve_path
+from dlspark.tables import read_table, table_exists, write_table
+from dlspark.tracking import resolve_tracking
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+KEYS = ("sha256", "record_id")
+
+
+@dataclass(frozen=True)
+class EmbedReport:
+    run_id: str
+    model: str
+    input_rows: int
+    embedded: int          # new rows written this run (refused ones included, with their error)
+    refused: int
+    skipped: int           # rows this model version had embedded before
+    vectors: int           # vectors of this model version in the table (= in the index)
+    output: str
+    index_dir: str | None
+
+    def describe(self) -> str:
+        index = f"; index {self.index_dir} ({self.vectors} vectors)" if self.index_dir else ""
+        return (f"{self.model}: {self.embedded} new rows embedded ({self.refused} refused), {self.skipped} already there, "
+                f"of {self.input_rows}; table {self.output}{index}")
+
+
+def embed(spark: SparkSession, cfg: AppConfig, run_id: str) -> EmbedReport:
+    ecfg = cfg.embed
+    target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
+    bundle = load_model(target, cfg.model_uri(ecfg.model or cfg.inference.model, cfg.inference.alias), runtime="source")
+    if bundle.flavor != "pytorch":
+        raise ConfigError(f"embed.model: {bundle.ref.label} is a {bundle.flavor} model; embeddings need a pytorch model")
+    df = read_table(spark, resolve_path(cfg.paths.data_dir, cfg.embed_input), fmt=cfg.inference.input_format).df
+    if ecfg.split:
+        if "split" not in df.columns:
+            raise ConfigError(f"embed.split={ecfg.split}: the input has no split column; set embed.split: null")
+        df = df.where(F.col("split") == ecfg.split)
+    key = next((k for k in KEYS if k in df.columns), None)
+    if key is None:
+        raise ConfigError(f"embeddings need a row key to be incremental and searchable: the input has none of {KEYS}")
+    output = resolve_path(cfg.paths.data_dir, cfg.embeddings_output(bundle.ref.name))
+    input_rows = df.count()
+    done = _done_keys(spark, output, cfg, key, bundle.ref.uri)
+    todo = df.join(done, on=key, how="left_anti") if done is not None else df
+    passthrough = tuple(dict.fromkeys([key, *(c for c in ("split", "label", "source_path") if c in df.columns)]))
+    fallback = ingest_text_fallback(cfg.ingest_text) if cfg.inference.text_mode == "text" else None
+    spec = ship_model(spark, scoring_spec(bundle, passthrough=passthrough, batch_size=ecfg.batch_size, device="cpu", amp=False,
+                                          text_mode=cfg.inference.text_mode, text_column=cfg.inference.text_column,
+                                          text_fallback=fallback))
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    new = (embed_dataframe(todo, spec).withColumn("model_uri", F.lit(bundle.ref.uri)).withColumn("run_id", F.lit(run_id))
+           .withColumn("embedded_at", F.lit(now)))
+    write_table(new, output, fmt=cfg.inference.format, mode="append", delta_writer=cfg.spark.delta_writer)
+    mine = read_table(spark, output, fmt=cfg.inference.format).df.where(F.col("model_uri") == bundle.ref.uri)
+    written = mine.where(F.col("run_id") == run_id).agg(F.count(F.lit(1)).alias("n"), F.count("embedding").alias("ok")).first()
+    embedded, refused = int(written["n"]), int(written["n"]) - int(written["ok"])
+    index_dir = None
+    vectors = mine.where(F.col("embedding").isNotNull()).count()
+    if ecfg.index:
+        index_dir = f"{output.rstrip('/')}/_index/{bundle.ref.name}-v{bundle.ref.version}"
+        if embedded or not _index_exists(index_dir):
+            vectors = build_index(mine, key, index_dir, cfg, bundle.ref.label)
+    report = EmbedReport(run_id, bundle.ref.label, input_rows, embedded, refused, input_rows - embedded, vectors, output,
+                         index_dir)
+    log.info("%s", report.describe())
+    return report
+
+
+def _done_keys(spark: SparkSession, output: str, cfg: AppConfig, key: str, model_uri: str) -> DataFrame | None:
+    if not table_exists(output, fmt=cfg.inference.format):
+        return None
+    table = read_table(spark, output, fmt=cfg.inference.format).df
+    if key not in table.columns:
+        raise ConfigError(f"{output} holds embeddings keyed otherwise than by {key!r}; set embed.output to another table")
+    return table.where(F.col("model_uri") == model_uri).select(key).distinct()
+
+
+def build_index(mine: DataFrame, key: str, index_dir: str, cfg: AppConfig, model: str) -> int:
+    """The HNSW index of every vector in ``mine`` (one model version), written to ``index_dir``; its size."""
+    from dlspark.embeddings.ann import build_hnsw, save_index
+
+    rows = mine.where(F.col("embedding").isNotNull()).select(key, "embedding").dropDuplicates([key]).orderBy(key).collect()
+    if not rows:
+        log.warning("no vectors of %s to index", model)
+        return 0
+    keys = [r[key] for r in rows]
+    vectors = np.asarray([r["embedding"] for r in rows], np.float32)
+    index = build_hnsw(vectors, m=cfg.embed.hnsw_m, ef_construction=cfg.embed.ef_construction)
+    local = index_dir.removeprefix("file://")
+    if "://" in local:
+        raise ConfigError(f"the index is written with faiss to a local path; {index_dir} is not one (set embed.index: false)")
+    save_index(index, f"{local}/index.faiss")
+    write_text(f"{local}/keys.json", json.dumps({"key": key, "keys": keys}))
+    manifest: dict[str, Any] = {"model": model, "vectors": len(keys), "dim": int(vectors.shape[1]), "metric": "cosine",
+                                "hnsw_m": cfg.embed.hnsw_m, "ef_construction": cfg.embed.ef_construction,
+                                "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_text(f"{local}/manifest.json", json.dumps(manifest, indent=1))
+    return len(keys)
+
+
+def _index_exists(index_dir: str) -> bool:
+    from pathlib import Path
+
+    return (Path(index_dir.removeprefix("file://")) / "manifest.json").is_file()
