@@ -23,7 +23,8 @@ help:
 	@echo "                   export both to ONNX (image also TorchScript), distil a small sentiment student from the"
 	@echo "                   MiniLM champion (its row beside the teacher's), score 2000 replayed tweets as a stream,"
 	@echo "                   then the drift and slice report of the sentiment test predictions and the explanation"
-	@echo "                   pages of both champions (Integrated Gradients)"
+	@echo "                   pages of both champions (Integrated Gradients), and the image embeddings with their"
+	@echo "                   nearest-neighbour index and the images most similar to one test image"
 	@echo "make test          all tests except gpu (starts a local standalone cluster for 'cluster' tests)"
 	@echo "make test-fast     tests not marked slow, cluster or gpu"
 	@echo "make test-connect  the tests marked connect over Spark Connect (needs STACK=modern: pyspark 4 + grpc)"
@@ -59,6 +60,7 @@ demo: setup
 	./spark-submit.sh jobs/monitor.py --pipeline sentiment --set monitor.current=tables/predictions/dlspark-sentiment --no-fail
 	./spark-submit.sh jobs/explain.py --pipeline image_classification
 	./spark-submit.sh jobs/explain.py --pipeline sentiment --set explain.rows=50 --set explain.steps=16
+	./spark-submit.sh jobs/embed.py --pipeline image_classification --similar-to auto
 
 test:
 	$(PYTEST) -m "not gpu"

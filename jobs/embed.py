@@ -2,26 +2,42 @@
 
     ./spark-submit.sh jobs/embed.py --pipeline image_classification          # every image, then the HNSW index
     ./spark-submit.sh jobs/embed.py --pipeline sentiment --set embed.split=test
+    ./spark-submit.sh jobs/embed.py --pipeline image_classification --similar-to auto   # then the 5 nearest rows
 
 Writes embed.output (one row per input row: its key, split, label, source path, the unit vector or the reason it was
 refused, model_uri, run_id) and, with embed.index, <output>/_index/<model>-v<version>/ (faiss HNSW index, the keys in
-index order, a manifest). Incremental: rows this model version embedded before are skipped. Settings: conf/base.yaml
-section embed. Exit codes: 0 done, 1 failed, 2 bad configuration.
+index order, a manifest). Incremental: rows this model version embedded before are skipped. --similar-to KEY (a
+sha256 / record_id, or auto = the first test row) then prints the --k nearest rows from the index with their labels
+and cosine similarity. Settings: conf/base.yaml section embed. Exit codes: 0 done, 1 failed, 2 bad configuration.
 """
 from __future__ import annotations
 
+import argparse
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from dlspark.cli import run_job, run_spark_pipeline
-from pipelines.embed import embed
+from pipelines.embed import embed, similar
 
 PIPELINES = ("image_classification", "sentiment")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run_id, report = run_spark_pipeline(argv, description=__doc__, pipeline=None, fn=embed, choices=PIPELINES)
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--similar-to", default=None, help="a row key, or auto (the first test row): print its nearest rows")
+    own.add_argument("--k", type=int, default=5)
+    known, rest = own.parse_known_args(argv)
+
+    def run(spark: Any, cfg: Any, run_id: str) -> tuple[Any, Any]:
+        report = embed(spark, cfg, run_id)
+        wanted = known.similar_to
+        return report, (similar(spark, cfg, None if wanted == "auto" else wanted, known.k) if wanted else None)
+
+    run_id, (report, nearest) = run_spark_pipeline(rest, description=__doc__, pipeline=None, fn=run, choices=PIPELINES)
     print(f"embed {run_id}: {report.describe()}")
+    if nearest:
+        key, hits = nearest
+        print(f"nearest to {key}: " + "; ".join(f"{h.key} ({h.label}, cosine {h.similarity:.3f})" for h in hits))
     return 0
 
 

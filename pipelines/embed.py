@@ -130,3 +130,50 @@ def _index_exists(index_dir: str) -> bool:
     from pathlib import Path
 
     return (Path(index_dir.removeprefix("file://")) / "manifest.json").is_file()
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    key: str
+    label: str | None
+    similarity: float
+
+
+def similar(spark: SparkSession, cfg: AppConfig, key: str | None, k: int = 5) -> tuple[str, list[Neighbour]]:
+    """The ``k`` rows nearest to row ``key`` (None: the first test row by key) in the model version's index, itself
+    excluded: ``(key, neighbours)``.
+
+    Raises
+    ------
+    ConfigError
+        When the version has no index yet (run the embed job) or the key has no vector.
+    """
+    from pathlib import Path
+
+    from dlspark.embeddings.ann import load_index, search
+
+    target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
+    ref = load_model(target, cfg.model_uri(cfg.embed.model or cfg.inference.model, cfg.inference.alias), runtime="source").ref
+    output = resolve_path(cfg.paths.data_dir, cfg.embeddings_output(ref.name))
+    folder = Path(f"{output.rstrip('/')}/_index/{ref.name}-v{ref.version}".removeprefix("file://"))
+    if not (folder / "manifest.json").is_file():
+        raise ConfigError(f"{ref.label} has no index at {folder}: run jobs/embed.py first")
+    stored = json.loads((folder / "keys.json").read_text())
+    key_col, keys = stored["key"], stored["keys"]
+    table = read_table(spark, output, fmt=cfg.inference.format).df.where(F.col("model_uri") == ref.uri)
+    if key is None:
+        test = table.where(F.col("split") == "test") if "split" in table.columns else table
+        first = test.where(F.col("embedding").isNotNull()).select(key_col).orderBy(key_col).first()
+        if first is None:
+            raise ConfigError(f"{output} has no embedded rows of {ref.label}")
+        key = str(first[0])
+    row = table.where((F.col(key_col) == key) & F.col("embedding").isNotNull()).select("embedding").first()
+    if row is None:
+        raise ConfigError(f"row {key!r} has no embedding of {ref.label} in {output}")
+    found = search(load_index(folder / "index.faiss"), np.asarray([row[0]], np.float32), k + 1)
+    hits = [(keys[int(i)], float(s)) for i, s in zip(found.ids[0], found.scores[0]) if i >= 0 and keys[int(i)] != key][:k]
+    labels: dict[str, Any] = {}
+    if "label" in table.columns and hits:
+        labels = {r[key_col]: r["label"] for r in table.where(F.col(key_col).isin([h[0] for h in hits]))
+                  .select(key_col, "label").collect()}
+    return key, [Neighbour(h, labels.get(h), s) for h, s in hits]

@@ -120,3 +120,8 @@ def test_embed_job_is_incremental_and_its_index_finds_each_row_itself(spark, tmp
     found = search(load_index(folder / "index.faiss"), queries, 1)
     sims = np.asarray([float(np.dot(vectors[keys[i]], vectors[keys[int(j)]])) for i, j in enumerate(found.ids[:, 0])])
     assert (sims > 0.9999).all()          # each row's nearest is itself (or an identical vector)
+    from pipelines.embed import similar
+
+    key, hits = similar(spark, cfg, None, 3)
+    assert key == "s0000" and len(hits) == 3 and key not in [h.key for h in hits]
+    assert all(h.label is not None for h in hits) and hits[0].similarity >= hits[-1].similarity
