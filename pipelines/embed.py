@@ -177,3 +177,38 @@ def similar(spark: SparkSession, cfg: AppConfig, key: str | None, k: int = 5) ->
         labels = {r[key_col]: r["label"] for r in table.where(F.col(key_col).isin([h[0] for h in hits]))
                   .select(key_col, "label").collect()}
     return key, [Neighbour(h, labels.get(h), s) for h, s in hits]
+
+
+def find_duplicates(spark: SparkSession, cfg: AppConfig, threshold: float, k: int = 10) -> tuple[str, int]:
+    """Near-duplicate pairs of the model version's rows: every pair among each row's ``k`` nearest (from the index)
+    with cosine similarity >= ``threshold``, each pair once (``key_a < key_b``), written to ``<output>/_duplicates``
+    (replaced per model version). Returns (table path, pairs)."""
+    from pathlib import Path
+
+    from dlspark.embeddings.ann import load_index, search
+
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"--duplicates: the similarity threshold must be in (0, 1], got {threshold}")
+    target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
+    ref = load_model(target, cfg.model_uri(cfg.embed.model or cfg.inference.model, cfg.inference.alias), runtime="source").ref
+    output = resolve_path(cfg.paths.data_dir, cfg.embeddings_output(ref.name))
+    folder = Path(f"{output.rstrip('/')}/_index/{ref.name}-v{ref.version}".removeprefix("file://"))
+    if not (folder / "manifest.json").is_file():
+        raise ConfigError(f"{ref.label} has no index at {folder}: run jobs/embed.py first")
+    keys = json.loads((folder / "keys.json").read_text())["keys"]
+    index = load_index(folder / "index.faiss")
+    vectors = index.reconstruct_n(0, index.ntotal)
+    found = search(index, vectors, min(k + 1, len(keys)))
+    pairs = {}
+    for i, (ids, scores) in enumerate(zip(found.ids, found.scores)):
+        for j, score in zip(ids, scores):
+            if j >= 0 and int(j) != i and score >= threshold:
+                a, b = sorted((keys[i], keys[int(j)]))
+                pairs[(a, b)] = max(float(score), pairs.get((a, b), -1.0))
+    rows = [(a, b, s, ref.uri) for (a, b), s in sorted(pairs.items())]
+    path = f"{output.rstrip('/')}/_duplicates/{ref.name}-v{ref.version}"
+    df = spark.createDataFrame(rows, "key_a string, key_b string, similarity double, model_uri string")
+    write_table(df, path, fmt=cfg.inference.format, mode="overwrite", delta_writer=cfg.spark.delta_writer)
+    log.info("%d near-duplicate pairs (cosine >= %s, %d nearest each) among %d rows of %s: %s", len(rows), threshold, k,
+             len(keys), ref.label, path)
+    return path, len(rows)

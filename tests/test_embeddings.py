@@ -120,8 +120,15 @@ def test_embed_job_is_incremental_and_its_index_finds_each_row_itself(spark, tmp
     found = search(load_index(folder / "index.faiss"), queries, 1)
     sims = np.asarray([float(np.dot(vectors[keys[i]], vectors[keys[int(j)]])) for i, j in enumerate(found.ids[:, 0])])
     assert (sims > 0.9999).all()          # each row's nearest is itself (or an identical vector)
-    from pipelines.embed import similar
+    from pipelines.embed import find_duplicates, similar
 
+    path, pairs = find_duplicates(spark, cfg, 0.95)
+    found = {(r["key_a"], r["key_b"]) for r in spark.read.parquet(path).collect()}
+    mat = np.asarray([vectors[k] for k in keys], np.float32)
+    sims = mat @ mat.T
+    truth = {tuple(sorted((keys[i], keys[j]))) for i in range(len(keys)) for j in range(len(keys))
+             if i != j and sims[i, j] >= 0.95 and j in np.argsort(-sims[i])[:11]}
+    assert found == truth and pairs == len(found)   # the index finds exactly the exact pairs among each row's 10 nearest
     key, hits = similar(spark, cfg, None, 3)
     assert key == "s0000" and len(hits) == 3 and key not in [h.key for h in hits]
     assert all(h.label is not None for h in hits) and hits[0].similarity >= hits[-1].similarity
