@@ -32,13 +32,13 @@ def image_vectors(data_dir: Path, limit: int | None) -> tuple[np.ndarray, float,
 
     from dlspark.config import MlflowConfig
     from dlspark.embeddings.vectors import embed
-    from dlspark.explain.spark_explain import _normalised
+    from dlspark.feed.decode import normalize_images
     from dlspark.inference.model import load_model
-    from dlspark.inference.predictors import load_torch_module
+    from dlspark.inference.predictors import eager_module
     from dlspark.tracking import resolve_tracking
 
     bundle = load_model(resolve_tracking(MlflowConfig(), str(data_dir)), "models:/dlspark-fashion-mnist@champion")
-    model = load_torch_module(bundle.local_dir).float().eval()
+    model = eager_module(bundle.ref.uri, bundle.local_dir)
     pre = bundle.preprocessing
     table = ds.dataset(str(data_dir / "tables" / "images"), format="parquet", partitioning="hive").to_table(columns=["pixels"])
     if limit:
@@ -48,7 +48,8 @@ def image_vectors(data_dir: Path, limit: int | None) -> tuple[np.ndarray, float,
     out, start = [], time.perf_counter()
     for i in range(0, len(pixels), 512):
         batch = np.stack([np.frombuffer(p, np.uint8).reshape(shape) for p in pixels[i:i + 512]])
-        out.append(embed(model, torch.from_numpy(_normalised(batch, pre["mean"], pre["std"])), len(bundle.labels)))
+        x = torch.from_numpy(normalize_images(batch, pre["mean"], pre["std"], channels_last=False))
+        out.append(embed(model, x, len(bundle.labels)))
     return np.concatenate(out), len(pixels) / (time.perf_counter() - start), bundle.ref.label
 
 

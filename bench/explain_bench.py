@@ -34,11 +34,12 @@ def bare_rate(kind: str, model_dir: str, pre: dict, table: Path, rows: int, step
     import torch
 
     from dlspark.explain.attributions import explain_images, explain_tokens
-    from dlspark.explain.spark_explain import _normalised
-    from dlspark.inference.predictors import load_torch_module
+    from dlspark.feed.decode import normalize_images
+    from dlspark.inference.predictors import eager_module
+    from dlspark.inference.scoring import attended_width
 
     torch.set_num_threads(CORES)
-    model = load_torch_module(model_dir).float().eval()
+    model = eager_module(model_dir, model_dir)
     data = ds.dataset(str(table / "split=test"), format="parquet").head(rows)
     start = time.perf_counter()
     for i in range(0, rows, batch):
@@ -46,11 +47,12 @@ def bare_rate(kind: str, model_dir: str, pre: dict, table: Path, rows: int, step
         if kind == "image":
             shape = pre["image_shape"]
             pixels = np.stack([np.frombuffer(p, np.uint8).reshape(shape) for p in part.column("pixels").to_pylist()])
-            explain_images(model, _normalised(pixels, pre["mean"], pre["std"]), pre["mean"], pre["std"], steps=steps)
+            x = normalize_images(pixels, pre["mean"], pre["std"], channels_last=False)
+            explain_images(model, x, pre["mean"], pre["std"], steps=steps)
         else:
             ids = np.array(part.column("input_ids").to_pylist(), np.int64)
             mask = np.array(part.column("attention_mask").to_pylist(), np.int64)
-            width = int(mask.any(axis=0).nonzero()[0].max()) + 1
+            width = attended_width(mask)
             explain_tokens(model, ids[:, :width], mask[:, :width], steps=steps)
     return rows / (time.perf_counter() - start)
 

@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,9 +21,8 @@ from pyspark.sql import functions as F
 from dlspark.config import AppConfig, ConfigError
 from dlspark.embeddings.spark_embed import embed_dataframe
 from dlspark.filesystem import write_text
-from dlspark.inference.inputs import ingest_text_fallback
 from dlspark.inference.model import load_model
-from dlspark.inference.spark_scoring import scoring_spec, ship_model
+from dlspark.inference.spark_scoring import source_torch_spec
 from dlspark.paths import resolve_path
 from dlspark.tables import read_table, table_exists, write_table
 from dlspark.tracking import resolve_tracking
@@ -54,10 +54,6 @@ class EmbedReport:
 
 def embed(spark: SparkSession, cfg: AppConfig, run_id: str) -> EmbedReport:
     ecfg = cfg.embed
-    target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
-    bundle = load_model(target, cfg.model_uri(ecfg.model or cfg.inference.model, cfg.inference.alias), runtime="source")
-    if bundle.flavor != "pytorch":
-        raise ConfigError(f"embed.model: {bundle.ref.label} is a {bundle.flavor} model; embeddings need a pytorch model")
     df = read_table(spark, resolve_path(cfg.paths.data_dir, cfg.embed_input), fmt=cfg.inference.input_format).df
     if ecfg.split:
         if "split" not in df.columns:
@@ -66,15 +62,13 @@ def embed(spark: SparkSession, cfg: AppConfig, run_id: str) -> EmbedReport:
     key = next((k for k in KEYS if k in df.columns), None)
     if key is None:
         raise ConfigError(f"embeddings need a row key to be incremental and searchable: the input has none of {KEYS}")
-    output = resolve_path(cfg.paths.data_dir, cfg.embeddings_output(bundle.ref.name))
+    passthrough = list(dict.fromkeys([key, *(c for c in ("split", "label", "source_path") if c in df.columns)]))
+    bundle, spec = source_torch_spec(spark, cfg, _model_uri(cfg), passthrough=passthrough, batch_size=ecfg.batch_size,
+                                     what="embed")
+    output, index_dir = index_location(cfg, bundle.ref)
     input_rows = df.count()
     done = _done_keys(spark, output, cfg, key, bundle.ref.uri)
     todo = df.join(done, on=key, how="left_anti") if done is not None else df
-    passthrough = tuple(dict.fromkeys([key, *(c for c in ("split", "label", "source_path") if c in df.columns)]))
-    fallback = ingest_text_fallback(cfg.ingest_text) if cfg.inference.text_mode == "text" else None
-    spec = ship_model(spark, scoring_spec(bundle, passthrough=passthrough, batch_size=ecfg.batch_size, device="cpu", amp=False,
-                                          text_mode=cfg.inference.text_mode, text_column=cfg.inference.text_column,
-                                          text_fallback=fallback))
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     new = (embed_dataframe(todo, spec).withColumn("model_uri", F.lit(bundle.ref.uri)).withColumn("run_id", F.lit(run_id))
            .withColumn("embedded_at", F.lit(now)))
@@ -82,14 +76,12 @@ def embed(spark: SparkSession, cfg: AppConfig, run_id: str) -> EmbedReport:
     mine = read_table(spark, output, fmt=cfg.inference.format).df.where(F.col("model_uri") == bundle.ref.uri)
     written = mine.where(F.col("run_id") == run_id).agg(F.count(F.lit(1)).alias("n"), F.count("embedding").alias("ok")).first()
     embedded, refused = int(written["n"]), int(written["n"]) - int(written["ok"])
-    index_dir = None
-    vectors = mine.where(F.col("embedding").isNotNull()).count()
-    if ecfg.index:
-        index_dir = f"{output.rstrip('/')}/_index/{bundle.ref.name}-v{bundle.ref.version}"
-        if embedded or not _index_exists(index_dir):
-            vectors = build_index(mine, key, index_dir, cfg, bundle.ref.label)
+    if ecfg.index and (embedded or not (index_dir / "manifest.json").is_file()):
+        vectors = build_index(mine, key, index_dir, cfg, bundle.ref.label)
+    else:
+        vectors = mine.where(F.col("embedding").isNotNull()).count()
     report = EmbedReport(run_id, bundle.ref.label, input_rows, embedded, refused, input_rows - embedded, vectors, output,
-                         index_dir)
+                         str(index_dir) if ecfg.index else None)
     log.info("%s", report.describe())
     return report
 
@@ -103,7 +95,35 @@ def _done_keys(spark: SparkSession, output: str, cfg: AppConfig, key: str, model
     return table.where(F.col("model_uri") == model_uri).select(key).distinct()
 
 
-def build_index(mine: DataFrame, key: str, index_dir: str, cfg: AppConfig, model: str) -> int:
+def _model_uri(cfg: AppConfig) -> str:
+    return cfg.model_uri(cfg.embed.model or cfg.inference.model, cfg.inference.alias)
+
+
+def index_location(cfg: AppConfig, ref: Any) -> tuple[str, Path]:
+    """(the embeddings table, the local folder of the index of model version ``ref``).
+
+    Raises
+    ------
+    ConfigError
+        When the table is not on a local path (faiss writes and reads local files).
+    """
+    output = resolve_path(cfg.paths.data_dir, cfg.embeddings_output(ref.name))
+    folder = f"{output.rstrip('/')}/_index/{ref.name}-v{ref.version}".removeprefix("file://")
+    if "://" in folder and cfg.embed.index:
+        raise ConfigError(f"the index is written with faiss to a local path; {folder} is not one (set embed.index: false)")
+    return output, Path(folder)
+
+
+def _indexed(cfg: AppConfig) -> tuple[Any, str, Path]:
+    """(model version, embeddings table, index folder) of the configured model; the index must exist."""
+    ref = load_model(resolve_tracking(cfg.mlflow, cfg.paths.data_dir), _model_uri(cfg), runtime="source").ref
+    output, folder = index_location(cfg, ref)
+    if not (folder / "manifest.json").is_file():
+        raise ConfigError(f"{ref.label} has no index at {folder}: run jobs/embed.py first")
+    return ref, output, folder
+
+
+def build_index(mine: DataFrame, key: str, index_dir: Path, cfg: AppConfig, model: str) -> int:
     """The HNSW index of every vector in ``mine`` (one model version), written to ``index_dir``; its size."""
     from dlspark.embeddings.ann import build_hnsw, save_index
 
@@ -114,9 +134,7 @@ def build_index(mine: DataFrame, key: str, index_dir: str, cfg: AppConfig, model
     keys = [r[key] for r in rows]
     vectors = np.asarray([r["embedding"] for r in rows], np.float32)
     index = build_hnsw(vectors, m=cfg.embed.hnsw_m, ef_construction=cfg.embed.ef_construction)
-    local = index_dir.removeprefix("file://")
-    if "://" in local:
-        raise ConfigError(f"the index is written with faiss to a local path; {index_dir} is not one (set embed.index: false)")
+    local = str(index_dir)
     save_index(index, f"{local}/index.faiss")
     write_text(f"{local}/keys.json", json.dumps({"key": key, "keys": keys}))
     manifest: dict[str, Any] = {"model": model, "vectors": len(keys), "dim": int(vectors.shape[1]), "metric": "cosine",
@@ -124,12 +142,6 @@ def build_index(mine: DataFrame, key: str, index_dir: str, cfg: AppConfig, model
                                 "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_text(f"{local}/manifest.json", json.dumps(manifest, indent=1))
     return len(keys)
-
-
-def _index_exists(index_dir: str) -> bool:
-    from pathlib import Path
-
-    return (Path(index_dir.removeprefix("file://")) / "manifest.json").is_file()
 
 
 @dataclass(frozen=True)
@@ -148,16 +160,9 @@ def similar(spark: SparkSession, cfg: AppConfig, key: str | None, k: int = 5) ->
     ConfigError
         When the version has no index yet (run the embed job) or the key has no vector.
     """
-    from pathlib import Path
-
     from dlspark.embeddings.ann import load_index, search
 
-    target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
-    ref = load_model(target, cfg.model_uri(cfg.embed.model or cfg.inference.model, cfg.inference.alias), runtime="source").ref
-    output = resolve_path(cfg.paths.data_dir, cfg.embeddings_output(ref.name))
-    folder = Path(f"{output.rstrip('/')}/_index/{ref.name}-v{ref.version}".removeprefix("file://"))
-    if not (folder / "manifest.json").is_file():
-        raise ConfigError(f"{ref.label} has no index at {folder}: run jobs/embed.py first")
+    ref, output, folder = _indexed(cfg)
     stored = json.loads((folder / "keys.json").read_text())
     key_col, keys = stored["key"], stored["keys"]
     table = read_table(spark, output, fmt=cfg.inference.format).df.where(F.col("model_uri") == ref.uri)
@@ -183,18 +188,11 @@ def find_duplicates(spark: SparkSession, cfg: AppConfig, threshold: float, k: in
     """Near-duplicate pairs of the model version's rows: every pair among each row's ``k`` nearest (from the index)
     with cosine similarity >= ``threshold``, each pair once (``key_a < key_b``), written to ``<output>/_duplicates``
     (replaced per model version). Returns (table path, pairs)."""
-    from pathlib import Path
-
     from dlspark.embeddings.ann import load_index, search
 
     if not 0 < threshold <= 1:
         raise ConfigError(f"--duplicates: the similarity threshold must be in (0, 1], got {threshold}")
-    target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
-    ref = load_model(target, cfg.model_uri(cfg.embed.model or cfg.inference.model, cfg.inference.alias), runtime="source").ref
-    output = resolve_path(cfg.paths.data_dir, cfg.embeddings_output(ref.name))
-    folder = Path(f"{output.rstrip('/')}/_index/{ref.name}-v{ref.version}".removeprefix("file://"))
-    if not (folder / "manifest.json").is_file():
-        raise ConfigError(f"{ref.label} has no index at {folder}: run jobs/embed.py first")
+    ref, output, folder = _indexed(cfg)
     keys = json.loads((folder / "keys.json").read_text())["keys"]
     index = load_index(folder / "index.faiss")
     vectors = index.reconstruct_n(0, index.ntotal)

@@ -24,9 +24,8 @@ from dlspark.config import AppConfig, ConfigError
 from dlspark.explain.report import overlay_png, png_img, render_page, token_html
 from dlspark.explain.spark_explain import explain_dataframe
 from dlspark.filesystem import write_text
-from dlspark.inference.inputs import ingest_text_fallback
-from dlspark.inference.model import ModelBundle, load_model
-from dlspark.inference.spark_scoring import DEFAULT_PASSTHROUGH, scoring_spec, ship_model
+from dlspark.inference.model import ModelBundle
+from dlspark.inference.spark_scoring import DEFAULT_PASSTHROUGH, source_torch_spec
 from dlspark.paths import resolve_path
 from dlspark.spark.connect import default_parallelism
 from dlspark.tables import read_table, write_table
@@ -66,17 +65,12 @@ def explain(spark: SparkSession, cfg: AppConfig, run_id: str) -> ExplainReport:
     """Explain ``explain.rows`` rows of the input with the model; write the table, the page and an MLflow run."""
     ecfg = cfg.explain
     target = resolve_tracking(cfg.mlflow, cfg.paths.data_dir)
-    bundle = load_model(target, cfg.model_uri(ecfg.model or cfg.inference.model, cfg.inference.alias), runtime="source")
-    if bundle.flavor != "pytorch":
-        raise ConfigError(f"explain.model: {bundle.ref.label} is a {bundle.flavor} model; explanations need a registered "
-                          "pytorch model (Keras models are not covered)")
     input_uri = resolve_path(cfg.paths.data_dir, cfg.explain_input)
-    df = select_rows(read_table(spark, input_uri, fmt=cfg.inference.input_format).df, cfg)
-    passthrough = tuple(c for c in (*DEFAULT_PASSTHROUGH, "text") if c in df.columns)
-    fallback = ingest_text_fallback(cfg.ingest_text) if cfg.inference.text_mode == "text" else None
-    spec = ship_model(spark, scoring_spec(bundle, passthrough=passthrough, batch_size=ecfg.batch_size, device="cpu",
-                                          amp=False, text_mode=cfg.inference.text_mode, text_column=cfg.inference.text_column,
-                                          text_fallback=fallback))
+    table = read_table(spark, input_uri, fmt=cfg.inference.input_format).df
+    bundle, spec = source_torch_spec(spark, cfg, cfg.model_uri(ecfg.model or cfg.inference.model, cfg.inference.alias),
+                                     passthrough=[c for c in (*DEFAULT_PASSTHROUGH, "text") if c in table.columns],
+                                     batch_size=ecfg.batch_size, what="explain")
+    df = select_rows(table, cfg)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     out = explain_dataframe(df, spec, ecfg.steps).withColumn("run_id", F.lit(run_id)).withColumn("explained_at", F.lit(now))
     output = resolve_path(cfg.paths.data_dir, cfg.explanations_output(bundle.ref.name))

@@ -2,14 +2,15 @@
 in). The model ships and inputs are validated as in batch scoring, so a refused row keeps its reason in ``error``."""
 from __future__ import annotations
 
-import functools
 from functools import partial
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from dlspark.inference.scoring import ScoringSpec, model_inputs, raw_text_tokenizer, resolve_model_dir
+from dlspark.feed.decode import normalize_images
+from dlspark.inference.predictors import eager_module
+from dlspark.inference.scoring import ScoringSpec, attended_width, model_inputs, raw_text_tokenizer, resolve_model_dir
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -34,7 +35,7 @@ def embed_batches(batches: Iterable[pa.RecordBatch], spec: ScoringSpec) -> Itera
     from dlspark.inference.scoring import task_cpus
 
     set_torch_threads(spec.threads or task_cpus())
-    model = _eager(spec.cache_key, resolve_model_dir(spec))
+    model = eager_module(spec.cache_key, resolve_model_dir(spec))
     tokenizer = raw_text_tokenizer(spec)
     for batch in batches:
         yield embed_record_batch(batch, spec, model, tokenizer)
@@ -44,7 +45,6 @@ def embed_record_batch(batch: pa.RecordBatch, spec: ScoringSpec, model: Any, tok
     import torch
 
     from dlspark.embeddings.vectors import embed
-    from dlspark.explain.spark_explain import _normalised
 
     inputs = model_inputs(batch, spec, tokenizer)
     vectors: list[list[float] | None] = [None] * batch.num_rows
@@ -52,11 +52,12 @@ def embed_record_batch(batch: pa.RecordBatch, spec: ScoringSpec, model: Any, tok
         rows = inputs.valid[start:start + spec.batch_size]
         if spec.kind == "image":
             pre = spec.preprocessing
-            x: Any = torch.from_numpy(_normalised(inputs.arrays["pixels"][start:start + spec.batch_size], pre["mean"], pre["std"]))
+            pixels = inputs.arrays["pixels"][start:start + spec.batch_size]
+            x: Any = torch.from_numpy(normalize_images(pixels, pre["mean"], pre["std"], channels_last=False))
         else:
             ids = inputs.arrays["input_ids"][start:start + spec.batch_size]
             mask = inputs.arrays["attention_mask"][start:start + spec.batch_size]
-            width = max(1, int((mask != 0).any(axis=0).nonzero()[0].max(initial=0)) + 1)
+            width = attended_width(mask)
             x = torch.from_numpy(np.stack([ids[:, :width], mask[:, :width]], axis=1).astype(np.int64))
         for i, v in zip(rows, embed(model, x, len(spec.labels))):
             vectors[i] = v.tolist()
@@ -66,10 +67,3 @@ def embed_record_batch(batch: pa.RecordBatch, spec: ScoringSpec, model: Any, tok
     schema = pa.schema(fields + [("embedding", pa.list_(pa.float32())), ("error", pa.string())])
     return pa.RecordBatch.from_arrays(columns + [pa.array(vectors, pa.list_(pa.float32())), pa.array(errors, pa.string())],
                                       schema=schema)
-
-
-@functools.lru_cache(maxsize=2)
-def _eager(cache_key: str, model_dir: str) -> Any:
-    from dlspark.inference.predictors import load_torch_module
-
-    return load_torch_module(model_dir).float().eval()

@@ -10,7 +10,6 @@ for images, ``[n]`` for text), ``attributions`` (the map row by row, or one scor
 """
 from __future__ import annotations
 
-import functools
 import os
 from functools import partial
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
@@ -18,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from dlspark.inference.scoring import ScoringSpec, model_inputs, raw_text_tokenizer, resolve_model_dir
+from dlspark.feed.decode import normalize_images
+from dlspark.inference.predictors import eager_module
+from dlspark.inference.scoring import ScoringSpec, attended_width, model_inputs, raw_text_tokenizer, resolve_model_dir
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -50,7 +51,7 @@ def explain_batches(batches: Iterable[pa.RecordBatch], spec: ScoringSpec, steps:
     from dlspark.inference.scoring import task_cpus
 
     set_torch_threads(spec.threads or task_cpus())
-    model = _eager_model(spec.cache_key, resolve_model_dir(spec))
+    model = eager_module(spec.cache_key, resolve_model_dir(spec))
     decode = _token_decoder(spec) if spec.kind == "text" else None
     tokenizer = raw_text_tokenizer(spec)
     for batch in batches:
@@ -76,13 +77,13 @@ def explain_record_batch(batch: pa.RecordBatch, spec: ScoringSpec, model: Any, s
         rows = inputs.valid[start:start + size]
         if spec.kind == "image":
             pre = spec.preprocessing
-            out = explain_images(model, _normalised(inputs.arrays["pixels"][start:start + size], pre["mean"], pre["std"]),
-                                 pre["mean"], pre["std"], steps=steps)
+            x = normalize_images(inputs.arrays["pixels"][start:start + size], pre["mean"], pre["std"], channels_last=False)
+            out = explain_images(model, x, pre["mean"], pre["std"], steps=steps)
             maps = [m for m in out.scores]
         else:
             ids = inputs.arrays["input_ids"][start:start + size]
             mask = inputs.arrays["attention_mask"][start:start + size]
-            width = max(1, int((mask != 0).any(axis=0).nonzero()[0].max(initial=0)) + 1)
+            width = attended_width(mask)
             out = explain_tokens(model, ids[:, :width], mask[:, :width], steps=steps, pad_id=getattr(decode, "pad_id", 0))
             maps = [s[m[:width] != 0] for s, m in zip(out.scores, mask)]
             for i, (row_ids, row_mask) in zip(rows, zip(ids, mask)):
@@ -100,24 +101,6 @@ def explain_record_batch(batch: pa.RecordBatch, spec: ScoringSpec, model: Any, s
               pa.array(shapes, pa.list_(pa.int32())), pa.array(scores, pa.list_(pa.float32())),
               pa.array(tokens, pa.list_(pa.string())), pa.array(convergence, pa.float32()), pa.array(errors, pa.string())]
     return pa.RecordBatch.from_arrays(columns + arrays, schema=pa.schema(fields + list(EXPLANATION_SCHEMA)))
-
-
-def _normalised(pixels: np.ndarray, mean: Any, std: Any) -> np.ndarray:
-    """uint8 NHWC -> float32 NCHW, normalised as training did."""
-    x = pixels.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    return (x - np.asarray(mean, np.float32).reshape(1, -1, 1, 1)) / np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-
-
-@functools.lru_cache(maxsize=2)
-def _eager_model(cache_key: str, model_dir: str) -> Any:
-    """The eager servable module of the model folder, once per Python worker (``cache_key``: the pinned URI)."""
-    from dlspark.inference.predictors import load_torch_module
-
-    model = load_torch_module(model_dir)
-    if not hasattr(model, "named_modules") or type(model).__name__ in ("ExportedProgram", "RecursiveScriptModule"):
-        raise ValueError(f"{cache_key} loads as {type(model).__name__}, not an eager module: explanations need the "
-                         "model's extras/model_spec.json (logged by dlspark training) to rebuild it")
-    return model.float().eval()
 
 
 def _token_decoder(spec: ScoringSpec) -> Any:

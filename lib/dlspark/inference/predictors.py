@@ -7,6 +7,7 @@ bf16 autocast. ONNX and Keras models live in ``onnx_predictor`` and ``keras_pred
 """
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -151,6 +152,23 @@ def load_torch_module(model_dir: str) -> Any:
     eager = servable(build_model(spec), kind)
     eager.load_state_dict(loaded.state_dict(), strict=True)
     return eager.eval()
+
+
+@functools.lru_cache(maxsize=2)
+def eager_module(cache_key: str, model_dir: str) -> Any:
+    """The eager float32 module of a model folder in eval mode, once per Python worker (``cache_key``: the pinned
+    URI), for work that needs the module itself (gradients, hooks) rather than predictions.
+
+    Raises
+    ------
+    ValueError
+        When the folder holds no way to rebuild an eager module (no ``extras/model_spec.json``).
+    """
+    model = load_torch_module(model_dir)
+    if not hasattr(model, "named_modules") or type(model).__name__ in ("ExportedProgram", "RecursiveScriptModule"):
+        raise ValueError(f"{cache_key} loads as {type(model).__name__}, not an eager module: this needs the model's "
+                         "extras/model_spec.json (logged by dlspark training) to rebuild it")
+    return model.float().eval()
 
 
 def set_torch_threads(threads: int | None) -> None:

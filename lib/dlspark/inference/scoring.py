@@ -265,6 +265,11 @@ def raw_text_tokenizer(spec: ScoringSpec) -> Any:
     return load_tokenizer(TextPreprocessing.from_spec(spec.preprocessing, spec.text_fallback).tokenizer)
 
 
+def attended_width(mask: np.ndarray) -> int:
+    """Columns a batch needs: the last attended position over all its rows + 1 (at least 1); the rest is padding."""
+    return max(1, int(_lengths(mask).max(initial=0)))
+
+
 def _lengths(mask: np.ndarray) -> np.ndarray:
     """Index of the last attended token + 1, per row."""
     attended = mask != 0

@@ -148,6 +148,32 @@ def score_rows(spark: SparkSession, df: DataFrame, cfg: "AppConfig", bundle: Mod
     return score_dataframe(df, ship_model(spark, spec), profile=resource_profile(icfg.task_cpus, icfg.task_gpus))
 
 
+def source_torch_spec(spark: SparkSession, cfg: "AppConfig", uri: str, *, passthrough: Sequence[str], batch_size: int,
+                      what: str) -> tuple[ModelBundle, ScoringSpec]:
+    """For work on the eager module itself on CPU (explanations, embeddings): the pytorch source version of ``uri``
+    (never an export: ``inference.runtime`` does not apply), and its spec with the ``inference`` text settings,
+    float32, shipped to the executors.
+
+    Raises
+    ------
+    ConfigError
+        When the version is not a pytorch model (``what`` names the job for the message).
+    """
+    from dlspark.config import ConfigError
+    from dlspark.inference.model import load_model
+    from dlspark.tracking import resolve_tracking
+
+    bundle = load_model(resolve_tracking(cfg.mlflow, cfg.paths.data_dir), uri, runtime="source")
+    if bundle.flavor != "pytorch":
+        raise ConfigError(f"{what}.model: {bundle.ref.label} is a {bundle.flavor} model; {what} needs a registered "
+                          "pytorch model (Keras models are not covered)")
+    icfg = cfg.inference
+    fallback = ingest_text_fallback(cfg.ingest_text) if icfg.text_mode == "text" else None
+    spec = scoring_spec(bundle, passthrough=tuple(passthrough), batch_size=batch_size, device="cpu", amp=False,
+                        text_mode=icfg.text_mode, text_column=icfg.text_column, text_fallback=fallback)
+    return bundle, ship_model(spark, spec)
+
+
 def label_accuracy(predictions: DataFrame, bundle: ModelBundle) -> tuple[float | None, int]:
     """(accuracy, labelled rows) over rows whose ``label`` maps to one of the model's classes.
 

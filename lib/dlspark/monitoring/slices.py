@@ -18,7 +18,7 @@ never judged, so a handful of rows cannot raise an alarm.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping, Sequence
 
 from dlspark.monitoring.drift import Metric
@@ -64,8 +64,8 @@ class BinCounts:
 
 
 @dataclass(frozen=True)
-class SliceVerdict:
-    """One slice value: its statistics, its ratios to the whole table, and why it is flagged (if it is)."""
+class SliceStats:
+    """One slice value's statistics (the whole table's too)."""
 
     slice: str
     value: str
@@ -75,6 +75,12 @@ class SliceVerdict:
     positive_rate: float | None
     mean_confidence: float | None
     ece: float | None
+
+
+@dataclass(frozen=True)
+class SliceVerdict(SliceStats):
+    """A slice value's statistics, its ratios to the whole table, and why it is flagged (if it is)."""
+
     accuracy_ratio: float | None
     positive_rate_ratio: float | None
     judged: bool
@@ -142,22 +148,10 @@ def slice_metrics(verdicts: Sequence[SliceVerdict], rules: SliceRules) -> list[M
     return out
 
 
-@dataclass(frozen=True)
-class _Stats:
-    slice: str
-    value: str
-    rows: int
-    labelled: int
-    accuracy: float | None
-    positive_rate: float | None
-    mean_confidence: float | None
-    ece: float | None
-
-
-def _stats(key: tuple[str, str], cells: Sequence[BinCounts], has_positive: bool) -> _Stats:
+def _stats(key: tuple[str, str], cells: Sequence[BinCounts], has_positive: bool) -> SliceStats:
     rows, labelled = sum(c.rows for c in cells), sum(c.labelled for c in cells)
     correct = sum(c.correct for c in cells)
-    return _Stats(
+    return SliceStats(
         slice=key[0], value=key[1], rows=rows, labelled=labelled,
         accuracy=correct / labelled if labelled else None,
         positive_rate=sum(c.positive for c in cells) / rows if rows and has_positive else None,
@@ -165,7 +159,7 @@ def _stats(key: tuple[str, str], cells: Sequence[BinCounts], has_positive: bool)
         ece=ece([(c.labelled, c.labelled_confidence, c.correct) for c in cells]))
 
 
-def _verdict(s: _Stats, overall: _Stats, rules: SliceRules) -> SliceVerdict:
+def _verdict(s: SliceStats, overall: SliceStats, rules: SliceRules) -> SliceVerdict:
     acc_ratio = _ratio(s.accuracy, overall.accuracy)
     rate_ratio = _ratio(s.positive_rate, overall.positive_rate)
     judged = s.rows >= rules.min_rows
@@ -181,8 +175,8 @@ def _verdict(s: _Stats, overall: _Stats, rules: SliceRules) -> SliceVerdict:
     if labelled_ok and s.ece is not None and overall.ece is not None and s.ece - overall.ece > rules.max_ece_increase:
         reasons.append(f"calibration error {s.ece:.3f} exceeds the overall {overall.ece:.3f} by more than "
                        f"{rules.max_ece_increase}")
-    return SliceVerdict(s.slice, s.value, s.rows, s.labelled, s.accuracy, s.positive_rate, s.mean_confidence, s.ece,
-                        acc_ratio, rate_ratio, judged, tuple(reasons))
+    return SliceVerdict(**asdict(s), accuracy_ratio=acc_ratio, positive_rate_ratio=rate_ratio, judged=judged,
+                        reasons=tuple(reasons))
 
 
 def _ratio(value: float | None, whole: float | None) -> float | None:
