@@ -14,7 +14,6 @@ statistics both sides can give under one definition: images brightness/contrast 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Sequence
@@ -24,7 +23,7 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig, ConfigError
-from dlspark.filesystem import read_text, write_text
+from dlspark.filesystem import write_text
 from dlspark.inference.model import ModelBundle, load_model, requested_model
 from dlspark.inference.spark_scoring import DEFAULT_PASSTHROUGH, expected_labels, label_accuracy, score_rows
 from dlspark.monitoring import Metric, Sample, Thresholds, compare_samples, drifted, per_class_probabilities
@@ -34,7 +33,7 @@ from dlspark.monitoring.slice_frame import aggregate_slices, slice_columns
 from dlspark.monitoring.slices import SliceRules, SliceVerdict, dropped_values, judge_slices, slice_metrics, verdict_rows
 from dlspark.paths import resolve_path
 from dlspark.tables import read_table, write_table
-from dlspark.tracking import resolve_tracking, start_run
+from dlspark.tracking import log_job_run, resolve_tracking
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -285,19 +284,8 @@ def _plots(samples: list[Sample], classes: Sequence[str]) -> dict[str, bytes]:
 
 def _log_mlflow(cfg: AppConfig, target, run_id: str, facts: dict, metrics: Sequence[Metric], report_path: str) -> str:
     """One MLflow run: the facts as params, every metric value, the count of drifted metrics, the report."""
-    import mlflow
+    values = {m.metric: m.value for m in metrics if m.value is not None}
+    return log_job_run(target, cfg.mlflow.experiment, "monitor", run_id, params=facts,
+                       metrics={**values, "drifted_metrics": len(drifted(metrics))}, report_path=report_path,
+                       artifact_dir="monitoring")
 
-    with start_run(target, cfg.mlflow.experiment, f"monitor-{run_id}", tags={"dlspark.job": "monitor"}) as run:
-        mlflow.log_params({re.sub(r"[^\w]+", "_", k): str(v)[:500] for k, v in facts.items()})
-        mlflow.log_metrics({_metric_key(m.metric): m.value for m in metrics if m.value is not None})
-        mlflow.log_metric("drifted_metrics", len(drifted(metrics)))
-        if "://" not in report_path or report_path.startswith("file:"):
-            mlflow.log_artifact(report_path.removeprefix("file://"), artifact_path="monitoring")
-        else:
-            mlflow.log_text(read_text(report_path) or "", "monitoring/report.html")
-        return run.info.run_id
-
-
-def _metric_key(name: str) -> str:
-    """An MLflow-safe metric key (letters, digits, ``_ - . /`` and spaces)."""
-    return re.sub(r"[^\w\-./ ]", "_", name)

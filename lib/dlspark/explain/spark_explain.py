@@ -34,15 +34,12 @@ EXPLANATION_SCHEMA = pa.schema([
 
 def explain_dataframe(df: DataFrame, spec: ScoringSpec, steps: int) -> DataFrame:
     """One explanation row per row of ``df`` (``spec`` shipped by the caller, see ``ship_model``)."""
-    from dlspark.inference.spark_scoring import input_columns
+    from dlspark.inference.spark_scoring import map_model_batches
 
     if spec.flavor != "pytorch":
         raise ValueError(f"explanations need the pytorch model, not the {spec.flavor} flavor: explain the source version "
                          "(inference.runtime does not apply here)")
-    schema = ", ".join([f"`{f.name}` {f.dataType.simpleString()}" for f in df.select(*spec.passthrough).schema.fields]
-                       + [EXPLANATION_DDL])
-    wanted = list(dict.fromkeys([*spec.passthrough, *input_columns(df.columns, spec)]))
-    return df.select(*wanted).mapInArrow(partial(explain_batches, spec=spec, steps=steps), schema)
+    return map_model_batches(df, spec, partial(explain_batches, spec=spec, steps=steps), EXPLANATION_DDL)
 
 
 def explain_batches(batches: Iterable[pa.RecordBatch], spec: ScoringSpec, steps: int) -> Iterator[pa.RecordBatch]:

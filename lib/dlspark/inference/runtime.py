@@ -99,7 +99,7 @@ def choose_runtime(requested: str, source: ModelRef, candidates: Sequence[Export
                                                         f"({best.rows_per_s:.0f} vs {best.source_rows_per_s:.0f} rows/s)")
         if len(measured) == len(lossless):
             return RuntimeChoice(None, "source", f"auto: no export is faster than the source (best {best.format} "
-                                                 f"{best.speedup:.2f}x)")
+                                                 f"measured {best.speedup:.2f}x)")
     for fmt in LOSSLESS:
         unmeasured = _newest([c for c in lossless if c.format == fmt and c.speedup is None])
         if unmeasured is not None:

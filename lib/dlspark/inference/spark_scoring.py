@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from pyspark.sql import functions as F
 
@@ -24,6 +24,7 @@ from dlspark.inference.scoring import PREDICTION_DDL, ScoringSpec, score_batches
 from dlspark.spark.connect import executors_share_files, is_connect, session_id
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.resource import ResourceProfile
     from pyspark.sql import DataFrame, SparkSession
 
@@ -77,10 +78,6 @@ def score_dataframe(df: DataFrame, spec: ScoringSpec, *, profile: ResourceProfil
     of the application keeps its defaults; this needs pyspark >= 4.0 (``mapInArrow(profile=...)``), and on
     older pyspark the session's task resources apply, with a warning.
     """
-    inputs = input_columns(df.columns, spec)
-    schema = ", ".join([f"`{f.name}` {f.dataType.simpleString()}" for f in df.select(*spec.passthrough).schema.fields]
-                       + [PREDICTION_DDL])
-    wanted = list(dict.fromkeys([*spec.passthrough, *inputs]))
     kwargs: dict[str, Any] = {}
     if profile is not None:
         if "profile" in inspect.signature(df.mapInArrow).parameters:
@@ -88,7 +85,17 @@ def score_dataframe(df: DataFrame, spec: ScoringSpec, *, profile: ResourceProfil
         else:
             log.warning("stage-level resource profiles need pyspark >= 4.0 (mapInArrow(profile=...)); "
                         "scoring runs with the session's task resources (spark.task_gpus)")
-    return df.select(*wanted).mapInArrow(partial(score_batches, spec=spec), schema, **kwargs)
+    return map_model_batches(df, spec, partial(score_batches, spec=spec), PREDICTION_DDL, **kwargs)
+
+
+def map_model_batches(df: DataFrame, spec: ScoringSpec, fn: Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]],
+                      output_ddl: str, **kwargs: Any) -> DataFrame:
+    """``mapInArrow(fn)`` over the passthrough and model input columns of ``df`` only; the output is the passthrough
+    columns (their types kept) followed by ``output_ddl`` (scoring, explanations, embeddings)."""
+    schema = ", ".join([f"`{f.name}` {f.dataType.simpleString()}" for f in df.select(*spec.passthrough).schema.fields]
+                       + [output_ddl])
+    wanted = list(dict.fromkeys([*spec.passthrough, *input_columns(df.columns, spec)]))
+    return df.select(*wanted).mapInArrow(fn, schema, **kwargs)
 
 
 def input_columns(columns: Sequence[str], spec: ScoringSpec) -> list[str]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from dlspark.config import MlflowConfig
 from dlspark.paths import is_uri
@@ -108,6 +109,24 @@ def start_run(
         log.info("MLflow run %s (%s) in experiment %r; browse with: %s",
                  run.info.run_id, run_name, experiment, target.ui_command())
         yield run
+
+
+def log_job_run(target: TrackingTarget, experiment: str, job: str, run_id: str, *, params: Mapping[str, Any],
+                metrics: Mapping[str, float], report_path: str, artifact_dir: str) -> str:
+    """One MLflow run ``<job>-<run_id>`` of a batch job (monitor, explain): ``params`` (keys made MLflow-safe, values
+    cut to 500 characters), ``metrics``, and its HTML report under ``artifact_dir``; returns the MLflow run id."""
+    import mlflow
+
+    from dlspark.filesystem import read_text
+
+    with start_run(target, experiment, f"{job}-{run_id}", tags={"dlspark.job": job}) as run:
+        mlflow.log_params({re.sub(r"[^\w]+", "_", k): str(v)[:500] for k, v in params.items()})
+        mlflow.log_metrics({re.sub(r"[^\w\-./ ]", "_", k): float(v) for k, v in metrics.items()})
+        if "://" not in report_path or report_path.startswith("file:"):
+            mlflow.log_artifact(report_path.removeprefix("file://"), artifact_path=artifact_dir)
+        else:
+            mlflow.log_text(read_text(report_path) or "", f"{artifact_dir}/{Path(report_path).name}")
+        return run.info.run_id
 
 
 @contextlib.contextmanager
