@@ -106,6 +106,20 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class NearDedupConfig:
+    """Ingest's optional near-dedup stage: new rows whose embedding repeats a row in the model version's index
+    (``jobs/embed.py``), or an earlier new row, are dropped as duplicates and listed in ``<output>/_dlspark/near_duplicates``."""
+
+    model: str | None = None              # a registered pytorch model URI or name whose embeddings judge; null = off
+    threshold: float = 0.99               # cosine similarity at or above = near-duplicate
+    neighbours: int = 10                  # candidates per new row among the other new rows
+
+    def __post_init__(self) -> None:
+        _require(0 < self.threshold <= 1, f"near_dedup.threshold: a cosine similarity in (0, 1], got {self.threshold}")
+        _require(self.neighbours >= 1, f"near_dedup.neighbours: must be >= 1, got {self.neighbours}")
+
+
+@dataclass(frozen=True)
 class ImageIngestConfig:
     """Image files -> fixed-shape uint8 tensors table (see ``dlspark.images``)."""
 
@@ -125,6 +139,7 @@ class ImageIngestConfig:
     max_pixels: int = 40_000_000
     max_file_bytes: int = 64 * 1024 * 1024
     dedup: bool = True
+    near_dedup: NearDedupConfig = field(default_factory=NearDedupConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:
@@ -162,6 +177,7 @@ class TextIngestConfig:
     url_token: str = "http"
     mention_token: str = "@user"
     dedup: bool = True
+    near_dedup: NearDedupConfig = field(default_factory=NearDedupConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:
@@ -354,6 +370,7 @@ class InferenceConfig:
     task_cpus: int | None = None          # stage-level resource profile for the scoring stage (pyspark >= 4)
     task_gpus: float = 0.0
     runtime: ModelRuntime = "auto"        # auto (fastest parity-checked export) | source | onnx | onnx-int8 | torchscript
+    explain: bool = False                 # then explain explain.rows of the scored rows (explain.* settings)
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, f"inference.batch_size: must be >= 1, got {self.batch_size}")
@@ -397,6 +414,22 @@ class StreamConfig:
                  f"stream.score_partitions: must be >= 1 or null, got {self.score_partitions}")
         _require(self.source != "kafka" or bool(self.kafka_bootstrap_servers and self.kafka_topic),
                  "stream.source is kafka: set stream.kafka_bootstrap_servers and stream.kafka_topic")
+
+
+@dataclass(frozen=True)
+class SimilarConfig:
+    """``GET/POST /similar`` in serving: nearest rows from a model version's embeddings index (``jobs/embed.py``)."""
+
+    enabled: bool = True                  # answer /similar (503 until the version has an index)
+    model: str | None = None              # whose index; null = the served model (serve.model / serve.alias)
+    k: int = 5                            # neighbours per answer unless the request asks ?k=
+    max_k: int = 100                      # the most a request may ask
+    ef_search: int = 128                  # HNSW search effort (recall vs time; see BENCHMARKS.md)
+    runtime: Literal["onnx", "torch"] = "onnx"   # what embeds posted instances (onnx: checked against torch at load)
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.k <= self.max_k, f"serve.similar.k: must be in [1, serve.similar.max_k={self.max_k}], got {self.k}")
+        _require(self.ef_search >= 1, f"serve.similar.ef_search: must be >= 1, got {self.ef_search}")
 
 
 @dataclass(frozen=True)
@@ -455,6 +488,7 @@ class ServeConfig:
     threads: int | None = None            # torch intra-op threads; null = library default
     runtime: ModelRuntime | None = None   # like inference.runtime; null = inference.runtime
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    similar: SimilarConfig = field(default_factory=SimilarConfig)
 
     def __post_init__(self) -> None:
         _require(1 <= self.port <= 65535, f"serve.port: must be in [1, 65535], got {self.port}")
