@@ -2,13 +2,12 @@
 (incremental: rows this model version already embedded, by ``sha256`` or ``record_id``, are skipped) and a faiss
 HNSW index of all the version's vectors, saved beside the table.
 
-Index folder: ``<embed.output>/_index/<model name>-v<version>/`` with ``index.faiss``, ``keys.json`` (the row key of
-each vector, in index order) and ``manifest.json`` (model, vectors, dimension, HNSW settings, build time). A rerun
-that embedded no new rows keeps the index; new rows rebuild it, so it always covers the table's rows of that version.
+Index folder: ``<embed.output>/_index/<model name>-v<version>/`` (see :mod:`dlspark.embeddings.index_store`). A
+rerun that embedded no new rows keeps the index; new rows rebuild it, so it always covers the table's rows of that
+version.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,8 +18,8 @@ import numpy as np
 from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig, ConfigError
+from dlspark.embeddings.index_store import MANIFEST, IndexMissing, Neighbour, VectorIndex, index_location
 from dlspark.embeddings.spark_embed import embed_dataframe
-from dlspark.filesystem import write_text
 from dlspark.inference.model import load_model
 from dlspark.inference.spark_scoring import source_torch_spec
 from dlspark.paths import resolve_path
@@ -65,7 +64,7 @@ def embed(spark: SparkSession, cfg: AppConfig, run_id: str) -> EmbedReport:
     passthrough = list(dict.fromkeys([key, *(c for c in ("split", "label", "source_path") if c in df.columns)]))
     bundle, spec = source_torch_spec(spark, cfg, _model_uri(cfg), passthrough=passthrough, batch_size=ecfg.batch_size,
                                      what="embed")
-    output, index_dir = index_location(cfg, bundle.ref)
+    output, index_dir = index_location(cfg, bundle.ref.name, bundle.ref.version)
     input_rows = df.count()
     done = _done_keys(spark, output, cfg, key, bundle.ref.uri)
     todo = df.join(done, on=key, how="left_anti") if done is not None else df
@@ -76,7 +75,7 @@ def embed(spark: SparkSession, cfg: AppConfig, run_id: str) -> EmbedReport:
     mine = read_table(spark, output, fmt=cfg.inference.format).df.where(F.col("model_uri") == bundle.ref.uri)
     written = mine.where(F.col("run_id") == run_id).agg(F.count(F.lit(1)).alias("n"), F.count("embedding").alias("ok")).first()
     embedded, refused = int(written["n"]), int(written["n"]) - int(written["ok"])
-    if ecfg.index and (embedded or not (index_dir / "manifest.json").is_file()):
+    if ecfg.index and (embedded or not (index_dir / MANIFEST).is_file()):
         vectors = build_index(mine, key, index_dir, cfg, bundle.ref.label)
     else:
         vectors = mine.where(F.col("embedding").isNotNull()).count()
@@ -99,56 +98,29 @@ def _model_uri(cfg: AppConfig) -> str:
     return cfg.model_uri(cfg.embed.model or cfg.inference.model, cfg.inference.alias)
 
 
-def index_location(cfg: AppConfig, ref: Any) -> tuple[str, Path]:
-    """(the embeddings table, the local folder of the index of model version ``ref``).
-
-    Raises
-    ------
-    ConfigError
-        When the table is not on a local path (faiss writes and reads local files).
-    """
-    output = resolve_path(cfg.paths.data_dir, cfg.embeddings_output(ref.name))
-    folder = f"{output.rstrip('/')}/_index/{ref.name}-v{ref.version}".removeprefix("file://")
-    if "://" in folder and cfg.embed.index:
-        raise ConfigError(f"the index is written with faiss to a local path; {folder} is not one (set embed.index: false)")
-    return output, Path(folder)
-
-
-def _indexed(cfg: AppConfig) -> tuple[Any, str, Path]:
-    """(model version, embeddings table, index folder) of the configured model; the index must exist."""
+def _indexed(cfg: AppConfig) -> tuple[Any, str, VectorIndex]:
+    """(model version, embeddings table, its loaded index) of the configured model; the index must exist."""
     ref = load_model(resolve_tracking(cfg.mlflow, cfg.paths.data_dir), _model_uri(cfg), runtime="source").ref
-    output, folder = index_location(cfg, ref)
-    if not (folder / "manifest.json").is_file():
-        raise ConfigError(f"{ref.label} has no index at {folder}: run jobs/embed.py first")
-    return ref, output, folder
+    output, folder = index_location(cfg, ref.name, ref.version)
+    try:
+        return ref, output, VectorIndex.load(folder)
+    except IndexMissing as exc:
+        raise ConfigError(f"{ref.label}: {exc}") from exc
 
 
 def build_index(mine: DataFrame, key: str, index_dir: Path, cfg: AppConfig, model: str) -> int:
     """The HNSW index of every vector in ``mine`` (one model version), written to ``index_dir``; its size."""
-    from dlspark.embeddings.ann import build_hnsw, save_index
-
-    rows = mine.where(F.col("embedding").isNotNull()).select(key, "embedding").dropDuplicates([key]).orderBy(key).collect()
+    label = [F.col("label").cast("string").alias("label")] if "label" in mine.columns else [F.lit(None).cast("string").alias("label")]
+    rows = (mine.where(F.col("embedding").isNotNull()).select(key, "embedding", *label).dropDuplicates([key])
+            .orderBy(key).collect())
     if not rows:
         log.warning("no vectors of %s to index", model)
         return 0
-    keys = [r[key] for r in rows]
     vectors = np.asarray([r["embedding"] for r in rows], np.float32)
-    index = build_hnsw(vectors, m=cfg.embed.hnsw_m, ef_construction=cfg.embed.ef_construction)
-    local = str(index_dir)
-    save_index(index, f"{local}/index.faiss")
-    write_text(f"{local}/keys.json", json.dumps({"key": key, "keys": keys}))
-    manifest: dict[str, Any] = {"model": model, "vectors": len(keys), "dim": int(vectors.shape[1]), "metric": "cosine",
-                                "hnsw_m": cfg.embed.hnsw_m, "ef_construction": cfg.embed.ef_construction,
-                                "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    write_text(f"{local}/manifest.json", json.dumps(manifest, indent=1))
-    return len(keys)
-
-
-@dataclass(frozen=True)
-class Neighbour:
-    key: str
-    label: str | None
-    similarity: float
+    index = VectorIndex.build(key, [str(r[key]) for r in rows], [r["label"] for r in rows], vectors, {"model": model},
+                              hnsw_m=cfg.embed.hnsw_m, ef_construction=cfg.embed.ef_construction)
+    index.save(index_dir)
+    return len(index)
 
 
 def similar(spark: SparkSession, cfg: AppConfig, key: str | None, k: int = 5) -> tuple[str, list[Neighbour]]:
@@ -160,53 +132,31 @@ def similar(spark: SparkSession, cfg: AppConfig, key: str | None, k: int = 5) ->
     ConfigError
         When the version has no index yet (run the embed job) or the key has no vector.
     """
-    from dlspark.embeddings.ann import load_index, search
-
-    ref, output, folder = _indexed(cfg)
-    stored = json.loads((folder / "keys.json").read_text())
-    key_col, keys = stored["key"], stored["keys"]
-    table = read_table(spark, output, fmt=cfg.inference.format).df.where(F.col("model_uri") == ref.uri)
+    ref, output, index = _indexed(cfg)
     if key is None:
+        table = read_table(spark, output, fmt=cfg.inference.format).df.where(F.col("model_uri") == ref.uri)
         test = table.where(F.col("split") == "test") if "split" in table.columns else table
-        first = test.where(F.col("embedding").isNotNull()).select(key_col).orderBy(key_col).first()
+        first = test.where(F.col("embedding").isNotNull()).select(index.key_column).orderBy(index.key_column).first()
         if first is None:
             raise ConfigError(f"{output} has no embedded rows of {ref.label}")
         key = str(first[0])
-    row = table.where((F.col(key_col) == key) & F.col("embedding").isNotNull()).select("embedding").first()
-    if row is None:
+    if key not in index.positions:
         raise ConfigError(f"row {key!r} has no embedding of {ref.label} in {output}")
-    found = search(load_index(folder / "index.faiss"), np.asarray([row[0]], np.float32), k + 1)
-    hits = [(keys[int(i)], float(s)) for i, s in zip(found.ids[0], found.scores[0]) if i >= 0 and keys[int(i)] != key][:k]
-    labels: dict[str, Any] = {}
-    if "label" in table.columns and hits:
-        labels = {r[key_col]: r["label"] for r in table.where(F.col(key_col).isin([h[0] for h in hits]))
-                  .select(key_col, "label").collect()}
-    return key, [Neighbour(h, labels.get(h), s) for h, s in hits]
+    return key, index.nearest(index.vector(key)[None, :], k, exclude=[key])[0]
 
 
 def find_duplicates(spark: SparkSession, cfg: AppConfig, threshold: float, k: int = 10) -> tuple[str, int]:
     """Near-duplicate pairs of the model version's rows: every pair among each row's ``k`` nearest (from the index)
     with cosine similarity >= ``threshold``, each pair once (``key_a < key_b``), written to ``<output>/_duplicates``
     (replaced per model version). Returns (table path, pairs)."""
-    from dlspark.embeddings.ann import load_index, search
-
     if not 0 < threshold <= 1:
         raise ConfigError(f"--duplicates: the similarity threshold must be in (0, 1], got {threshold}")
-    ref, output, folder = _indexed(cfg)
-    keys = json.loads((folder / "keys.json").read_text())["keys"]
-    index = load_index(folder / "index.faiss")
-    vectors = index.reconstruct_n(0, index.ntotal)
-    found = search(index, vectors, min(k + 1, len(keys)))
-    pairs = {}
-    for i, (ids, scores) in enumerate(zip(found.ids, found.scores)):
-        for j, score in zip(ids, scores):
-            if j >= 0 and int(j) != i and score >= threshold:
-                a, b = sorted((keys[i], keys[int(j)]))
-                pairs[(a, b)] = max(float(score), pairs.get((a, b), -1.0))
+    ref, output, index = _indexed(cfg)
+    pairs = index.duplicate_pairs(threshold, k)
     rows = [(a, b, s, ref.uri) for (a, b), s in sorted(pairs.items())]
     path = f"{output.rstrip('/')}/_duplicates/{ref.name}-v{ref.version}"
     df = spark.createDataFrame(rows, "key_a string, key_b string, similarity double, model_uri string")
     write_table(df, path, fmt=cfg.inference.format, mode="overwrite", delta_writer=cfg.spark.delta_writer)
     log.info("%d near-duplicate pairs (cosine >= %s, %d nearest each) among %d rows of %s: %s", len(rows), threshold, k,
-             len(keys), ref.label, path)
+             len(index), ref.label, path)
     return path, len(rows)

@@ -51,6 +51,28 @@ def test_text_embeddings_come_from_the_servable_model_too():
         embed(model, stacked, 5)
 
 
+def test_the_onnx_embedding_graph_gives_torchs_vectors_at_any_length(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from dlspark.embeddings.onnx_embed import onnx_embedder
+    from dlspark.models.servable import servable
+
+    torch.manual_seed(0)
+    model = servable(build_model({"name": "textcnn", "num_classes": 2, "embeddings": None, "vocab_size": 50,
+                                  "embed_dim": 8, "kernel_sizes": [3], "channels": 6}), "text").eval()
+
+    def tokens(n: int, length: int) -> np.ndarray:
+        ids = np.random.default_rng(length).integers(1, 50, size=(n, length))
+        mask = np.ones_like(ids)
+        mask[0, length // 2:] = 0
+        return np.stack([ids * mask, mask], axis=1).astype(np.int64)
+
+    embedder = onnx_embedder(model, 2, tokens(3, 12), tmp_path)
+    assert embedder.min_cosine >= 0.9999
+    for length in (5, 31):                                                   # other lengths than the traced one
+        x = tokens(4, length)
+        np.testing.assert_allclose(embedder(x), embed(model, torch.from_numpy(x), 2), atol=1e-5)
+
+
 def test_exact_topk_is_the_brute_force_order_and_each_row_finds_itself():
     x = _clustered(500, 16, 5, 0)
     found = exact_topk(x, x[:50], 10, batch=7)

@@ -44,7 +44,7 @@ INPUT_NAME, OUTPUT_NAME = "x", "logits"
 OnnxExportResult = ExportResult
 
 
-def export_onnx(model: torch.nn.Module, example: np.ndarray, path: str | Path) -> Path:
+def export_onnx(model: torch.nn.Module, example: np.ndarray, path: str | Path, output_name: str = OUTPUT_NAME) -> Path:
     """Export an image or text model to ONNX (opset 17) with dynamic batch (and sequence) axes, in eval mode.
 
     Parameters
@@ -57,6 +57,8 @@ def export_onnx(model: torch.nn.Module, example: np.ndarray, path: str | Path) -
         :func:`dlspark.export.registered.trace_example`).
     path
         The ``.onnx`` file to write; its folder is created.
+    output_name
+        The graph output's name (``logits``; an embedding model's ``embedding``).
 
     Returns
     -------
@@ -74,13 +76,16 @@ def export_onnx(model: torch.nn.Module, example: np.ndarray, path: str | Path) -
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shape checks traced as constants
+        # advanced indexing (MiniLM's position ids) exports correctly for the non-negative indices traced; every
+        # export is checked against torch on real rows before use
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
         # PRESERVE: the exporter's own switch to eval mode calls model.train(False), which torch.export modules
         # refuse. The model is already in eval mode, so the exporter's advice against constant folding is moot.
         warnings.filterwarnings("ignore", message="It is recommended that constant folding be turned off")
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=OPSET,
                           training=torch.onnx.TrainingMode.PRESERVE,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "batch"}})
+                          input_names=[INPUT_NAME], output_names=[output_name],
+                          dynamic_axes={INPUT_NAME: axes, output_name: {0: "batch"}})
     onnx.checker.check_model(str(path))
     return path
 
