@@ -8,8 +8,10 @@ runs:/ URI). Images are decoded as ingest decoded them (conf/pipelines/ingest_im
 the pipeline's layer), texts normalised and tokenized as ingest_text did. Endpoints: POST /predict
 (image bytes, text, JSON, multipart/form-data), POST /feedback, GET /health, /ready, /metrics, /rollout;
 KServe v2 (/v2/models/{name}/infer, /v2/health/ready, GET /v2/models/{name}) and TF-Serving REST
-(/v1/models/{name}:predict). A challenger beside the champion (A/B, canary, shadow, automatic rollback):
---set serve.rollout.mode=canary. Settings: conf/base.yaml section serve (binds 127.0.0.1 by default).
+(/v1/models/{name}:predict). GET /similar?id=KEY and POST /similar (an image or text): the nearest rows from the
+embeddings index that jobs/embed.py built for the served version (serve.similar). A challenger beside the
+champion (A/B, canary, shadow, automatic rollback): --set serve.rollout.mode=canary. Settings: conf/base.yaml
+section serve (binds 127.0.0.1 by default).
 Exit codes: 0 stopped, 1 failed, 2 bad configuration.
 """
 from __future__ import annotations
@@ -39,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = new_run_id()
     setup_logging(cfg.run, run_id)
     served = versions_from_config(cfg)
-    app = create_app(served.champion, cfg.serve, challenger=served.challenger, recorder=served.recorder)
+    app = create_app(served.champion, cfg.serve, challenger=served.challenger, recorder=served.recorder,
+                     similar=served.similar)
     rollout = f", {cfg.serve.rollout.mode} challenger {served.challenger_uri}" if served.challenger_uri else ""
     print(f"serve {run_id}: {served.champion_uri}{rollout} on http://{cfg.serve.host}:{cfg.serve.port}", flush=True)
     uvicorn.run(app, host=cfg.serve.host, port=cfg.serve.port, log_level=cfg.run.log_level.lower(),

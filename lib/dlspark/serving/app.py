@@ -8,7 +8,9 @@ Endpoints:
   ``GET /v2/models/{name}/ready``, ``POST /v2/models/{name}/infer``;
 * TF-Serving REST: ``GET /v1/models/{name}``, ``POST /v1/models/{name}:predict``;
 * ``POST /feedback`` (``{"request_id": ..., "label": ...}``): the true label of an answered request;
-  ``GET /rollout``: the champion/challenger split and its live statistics.
+  ``GET /rollout``: the champion/challenger split and its live statistics;
+* ``GET /similar?id=KEY&k=5`` (the indexed rows nearest to row KEY) and ``POST /similar?k=5`` (nearest to each
+  posted image or text, bodies as for ``/predict``), from the embeddings index (:mod:`dlspark.serving.similar`).
 
 ``create_app(service, cfg, challenger=..., recorder=...)`` wires one
 :class:`~dlspark.serving.service.ModelService` per version (the champion, and a challenger when
@@ -35,13 +37,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from dlspark.config.schema import ServeConfig
+from dlspark.embeddings.index_store import Neighbour
 from dlspark.serving import protocols
 from dlspark.serving.batcher import AdmissionGate, MicroBatcher, QueueFull
 from dlspark.serving.metrics import ServingMetrics
 from dlspark.serving.payload import Instance, PayloadError, parse_payload
 from dlspark.serving.rollout import CHALLENGER, CHAMPION, Arm, Decision, DuplicateFeedback, Rollout, UnknownRequest
 from dlspark.serving.rollout_record import RolloutRecorder
-from dlspark.serving.service import InstanceError, ModelNotReady, ModelService, prepare, run_batch
+from dlspark.serving.service import InstanceError, ModelNotReady, ModelService, ServedModel, prepare, run_batch
+from dlspark.serving.similar import SimilarModel, embed_on, keep_index_fresh
 
 log = logging.getLogger(__name__)
 shadow_log = logging.getLogger("dlspark.serving.shadow")
@@ -169,11 +173,7 @@ class Scorer:
     async def _score_on(self, arm: ServingArm, instances: Sequence[Instance], rollout: Rollout) -> list[dict[str, Any]]:
         start = time.perf_counter()
         try:
-            model = arm.service.model
-            if sum(len(i.image or b"") for i in instances) <= INLINE_DECODE_BYTES:
-                values = prepare(model, instances)
-            else:
-                values = await asyncio.to_thread(prepare, model, instances)
+            values = await prepare_values(arm.service.model, instances)
             predictions = await arm.batcher.submit(values)
         except (PayloadError, InstanceError) as exc:
             raise RequestFailed(exc.status, exc.reason, str(exc)) from exc
@@ -236,8 +236,9 @@ class Scorer:
 
 
 def create_app(service: ModelService, cfg: ServeConfig, *, challenger: ModelService | None = None,
-               recorder: RolloutRecorder | None = None) -> FastAPI:
-    """The serving app for ``service`` (and ``challenger`` when ``cfg.rollout.mode`` is not ``none``)."""
+               recorder: RolloutRecorder | None = None, similar: ModelService | None = None) -> FastAPI:
+    """The serving app for ``service`` (and ``challenger`` when ``cfg.rollout.mode`` is not ``none``; ``similar``:
+    the :class:`~dlspark.serving.similar.SimilarModel` service behind ``/similar``, None = 404 there)."""
     metrics = ServingMetrics()
     services: dict[Arm, ModelService] = {CHAMPION: service, **({CHALLENGER: challenger} if challenger is not None else {})}
 
@@ -246,6 +247,11 @@ def create_app(service: ModelService, cfg: ServeConfig, *, challenger: ModelServ
                             queue_size=cfg.queue_size, max_queue_ms=cfg.max_queue_ms, on_batch=metrics.observe_batch)
 
     arms: dict[Arm, ServingArm] = {name: ServingArm(name, svc, batcher(svc)) for name, svc in services.items()}
+    # /similar batches what queued while the previous pass ran and waits for nothing more: one request alone
+    # goes at once, and under load the batches fill by themselves
+    similar_batcher = (MicroBatcher(partial(embed_on, similar), max_batch=cfg.max_batch, max_wait_ms=0,
+                                    queue_size=cfg.queue_size, max_queue_ms=cfg.max_queue_ms)
+                       if similar is not None else None)
     scorer = Scorer(arms, cfg, metrics, recorder)
     metrics.queue_depth.set_function(lambda: arms[CHAMPION].batcher.depth)
     if service.ready:
@@ -256,10 +262,13 @@ def create_app(service: ModelService, cfg: ServeConfig, *, challenger: ModelServ
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         freeze_heap()
-        for arm in arms.values():
-            await arm.batcher.start()
+        for batch in (*(arm.batcher for arm in arms.values()), similar_batcher):
+            if batch is not None:
+                await batch.start()
         tasks = [asyncio.create_task(keep_model_fresh(arm.service, cfg.reload_seconds, metrics, scorer, arm.name),
                                      name=f"dlspark-reload-{arm.name}") for arm in arms.values()]
+        if similar is not None:
+            tasks.append(asyncio.create_task(keep_index_fresh(similar, cfg.reload_seconds), name="dlspark-reload-similar"))
         if recorder is not None and cfg.rollout.table_seconds > 0 and challenger is not None:
             tasks.append(asyncio.create_task(write_rollout_rows(scorer, recorder, cfg.rollout.table_seconds)))
         try:
@@ -269,15 +278,17 @@ def create_app(service: ModelService, cfg: ServeConfig, *, challenger: ModelServ
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await scorer.drain()
-            for arm in arms.values():
-                await arm.batcher.stop()
+            for batch in (*(arm.batcher for arm in arms.values()), similar_batcher):
+                if batch is not None:
+                    await batch.stop()
 
     app = FastAPI(title="dlspark model server", lifespan=lifespan)
     app.state.scorer, app.state.metrics = scorer, metrics
     app.state.service, app.state.batcher = service, arms[CHAMPION].batcher
 
     def respond(kind: str, handler: Callable[[Request], Awaitable[tuple[dict[str, Any], dict[str, str]]]],
-                error_body: Callable[[RequestFailed], dict[str, Any]]) -> Callable[[Request], Awaitable[JSONResponse]]:
+                error_body: Callable[[RequestFailed], dict[str, Any]],
+                observe: Callable[..., None] = metrics.observe_request) -> Callable[[Request], Awaitable[JSONResponse]]:
         async def endpoint(request: Request) -> JSONResponse:
             start = time.perf_counter()
             try:
@@ -286,7 +297,7 @@ def create_app(service: ModelService, cfg: ServeConfig, *, challenger: ModelServ
             except RequestFailed as exc:
                 status, reason, body = exc.status, exc.reason, error_body(exc)
                 headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
-            metrics.observe_request(status, time.perf_counter() - start, reason)
+            observe(status, time.perf_counter() - start, reason)
             return JSONResponse(body, status_code=status, headers=headers)
         endpoint.__name__ = kind
         return endpoint
@@ -351,6 +362,60 @@ def create_app(service: ModelService, cfg: ServeConfig, *, challenger: ModelServ
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    # ---- nearest rows from the embeddings index ----
+
+    def similar_model() -> SimilarModel:
+        if similar is None:
+            raise RequestFailed(404, "similar_off", "/similar is off on this server (serve.similar.enabled: false)")
+        try:
+            return similar.model  # type: ignore[return-value]  # the /similar service holds SimilarModels
+        except ModelNotReady as exc:
+            raise RequestFailed(503, "no_index", "no embeddings index is loaded yet: run jobs/embed.py for the served "
+                                                 "model version (GET /similar answers once it exists)", retry_after=30) from exc
+
+    def neighbours_k(request: Request) -> int:
+        raw = request.query_params.get("k", str(cfg.similar.k))
+        if not raw.isdigit() or not 1 <= int(raw) <= cfg.similar.max_k:
+            raise RequestFailed(422, "bad_k", f"k={raw!r}: ask for 1 to serve.similar.max_k={cfg.similar.max_k} neighbours")
+        return int(raw)
+
+    def answer(model: SimilarModel, **fields: Any) -> dict[str, Any]:
+        return {"model": model.name, "version": model.version, "indexed": len(model.index), **fields}
+
+    async def similar_get(request: Request) -> tuple[dict[str, Any], dict[str, str]]:
+        key, k = request.query_params.get("id"), neighbours_k(request)
+        model = similar_model()
+        if not key:
+            raise RequestFailed(422, "no_id", "GET /similar?id=<row key>&k=5 (sha256 or record_id, as the embeddings "
+                                              "table has it), or POST an image / text to /similar")
+        if key not in model.index.positions:
+            raise RequestFailed(404, "unknown_id", f"row {key!r} is not in the index of {model.name} version "
+                                                   f"{model.version} ({len(model.index)} rows)")
+        hits = model.by_key(key, k, cfg.similar.ef_search)
+        return answer(model, id=key, neighbours=[_neighbour(h) for h in hits]), {}
+
+    async def similar_post(request: Request) -> tuple[dict[str, Any], dict[str, str]]:
+        k = neighbours_k(request)
+        model = similar_model()
+        assert similar_batcher is not None
+        instances = _parse(parse_payload, await read_body(request, cfg.max_payload_bytes), request.headers.get("content-type"))
+        if len(instances) > cfg.max_batch:
+            raise RequestFailed(413, "too_many_instances", f"{len(instances)} instances; /similar takes at most "
+                                                           f"serve.max_batch={cfg.max_batch} a request")
+        try:
+            similar_batcher.admit(len(instances))           # before decoding: a refusal past capacity costs nothing
+            values = await prepare_values(model.served, instances)
+            embedded = await similar_batcher.submit(values)  # one forward pass with other requests' instances
+        except InstanceError as exc:
+            raise RequestFailed(exc.status, exc.reason, str(exc)) from exc
+        except QueueFull as exc:
+            raise RequestFailed(503, exc.reason, str(exc), retry_after=exc.retry_after) from exc
+        found = [by.nearest(vector, k, cfg.similar.ef_search) for vector, by in embedded]
+        return answer(embedded[0][1], results=[{"neighbours": [_neighbour(h) for h in hits]} for hits in found]), {}
+
+    app.get("/similar")(respond("similar_get", similar_get, ours, partial(metrics.observe_similar, "GET")))
+    app.post("/similar")(respond("similar_post", similar_post, ours, partial(metrics.observe_similar, "POST")))
+
     # ---- KServe / Open Inference Protocol v2 ----
 
     @app.get("/v2/health/live")
@@ -399,6 +464,18 @@ def create_app(service: ModelService, cfg: ServeConfig, *, challenger: ModelServ
     app.get("/v1/models/{name}")(respond("tf_status", tf_status, theirs))
     app.post("/v1/models/{name}:predict")(respond("tf_predict", tf_predict, theirs))
     return app
+
+
+async def prepare_values(model: ServedModel, instances: Sequence[Instance]) -> list:
+    """:func:`prepare` on the event loop for small bodies, on a thread for large ones (a thread hop costs more than
+    decoding a few KB)."""
+    if sum(len(i.image or b"") for i in instances) <= INLINE_DECODE_BYTES:
+        return prepare(model, instances)
+    return await asyncio.to_thread(prepare, model, instances)
+
+
+def _neighbour(hit: Neighbour) -> dict[str, Any]:
+    return {"id": hit.key, "label": hit.label, "similarity": round(hit.similarity, 6)}
 
 
 def _run_on(service: ModelService, values: list) -> list:

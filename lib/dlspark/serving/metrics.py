@@ -40,6 +40,11 @@ class ServingMetrics:
                                       "answers now (0 in shadow mode)", registry=r)
         self.rollout_decisions = Counter("dlspark_serve_rollout_decisions", "rollout decisions by action",
                                          ["action"], registry=r)
+        self.similar_requests = Counter("dlspark_serve_similar_requests", "GET/POST /similar requests by HTTP status",
+                                        ["method", "status"], registry=r)
+        self.similar_latency = Histogram("dlspark_serve_similar_seconds", "GET/POST /similar latency (embedding and "
+                                         "index search), body read to response", ["method"], buckets=LATENCY_BUCKETS,
+                                         registry=r)
         self.shadow = Counter("dlspark_serve_shadow_requests", "shadow copies scored by the challenger, by outcome "
                               "(agree | disagree | failed | dropped)", ["outcome"], registry=r)
 
@@ -47,6 +52,12 @@ class ServingMetrics:
         """Count one request (and its error reason, if it failed)."""
         self.requests.labels(status=str(status)).inc()
         self.latency.observe(seconds)
+        if reason is not None:
+            self.errors.labels(reason=reason).inc()
+
+    def observe_similar(self, method: str, status: int, seconds: float, reason: str | None = None) -> None:
+        self.similar_requests.labels(method=method, status=str(status)).inc()
+        self.similar_latency.labels(method=method).observe(seconds)
         if reason is not None:
             self.errors.labels(reason=reason).inc()
 

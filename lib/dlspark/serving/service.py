@@ -145,22 +145,26 @@ def _check_pixels(model: ServedModel, pixels: np.ndarray, index: int) -> np.ndar
     return pixels
 
 
-def run_batch(model: ServedModel, values: Sequence[np.ndarray | str]) -> list[dict[str, Any] | Exception]:
-    """One forward pass over prepared values; per value the prediction dict or an :class:`InstanceError`."""
-    n = len(values)
+def batch_inputs(model: ServedModel, values: Sequence[np.ndarray | str]) -> ModelInputs:
+    """The model inputs of prepared values (stacked pixels, or token ids); a value prepared for another version's
+    input shape is an error row (``model_changed``)."""
     if model.kind == "image":
         shape = model.image.shape if model.image is not None else ()
         good = [i for i, v in enumerate(values) if isinstance(v, np.ndarray) and v.shape == shape]
         errors: list[str | None] = [None if i in set(good) else "model_changed: decoded for another model version, "
-                                    "retry" for i in range(n)]
+                                    "retry" for i in range(len(values))]
         pixels = np.stack([values[i] for i in good]) if good else np.zeros((0, *shape), np.uint8)
-        inputs = ModelInputs(np.asarray(good, np.int64), {"pixels": pixels}, errors)
-    else:
-        assert model.text is not None
-        texts = [v if isinstance(v, str) else None for v in values]
-        inputs = text_inputs(pa.table({"text": pa.array(texts, pa.string())}), model.text, model.tokenizer)
+        return ModelInputs(np.asarray(good, np.int64), {"pixels": pixels}, errors)
+    assert model.text is not None
+    texts = [v if isinstance(v, str) else None for v in values]
+    return text_inputs(pa.table({"text": pa.array(texts, pa.string())}), model.text, model.tokenizer)
+
+
+def run_batch(model: ServedModel, values: Sequence[np.ndarray | str]) -> list[dict[str, Any] | Exception]:
+    """One forward pass over prepared values; per value the prediction dict or an :class:`InstanceError`."""
+    inputs = batch_inputs(model, values)
     probs = predict(model.predictor, inputs, model.spec)
-    return _rows(model, prediction_columns(probs, inputs, model.spec.labels, model.spec.top_k, n))
+    return _rows(model, prediction_columns(probs, inputs, model.spec.labels, model.spec.top_k, len(values)))
 
 
 def _rows(model: ServedModel, columns: list[pa.Array]) -> list[dict[str, Any] | Exception]:
@@ -182,7 +186,8 @@ class ModelService:
     Parameters
     ----------
     resolve
-        Returns the :class:`ModelRef` the alias points at now (e.g. ``lambda: resolve_model(target, uri)``).
+        Returns the :class:`ModelRef` the alias points at now (e.g. ``lambda: resolve_model(target, uri)``); any
+        ref with a ``uri`` (what it is: a new one reloads) and ``requested`` (for the log) will do.
     load
         Downloads and loads a ref into a :class:`ServedModel`.
     """
@@ -190,6 +195,7 @@ class ModelService:
     def __init__(self, resolve: Callable[[], ModelRef], load: Callable[[ModelRef], ServedModel]) -> None:
         self._resolve, self._load = resolve, load
         self._model: ServedModel | None = None
+        self._loaded_uri: str | None = None
         self._lock = threading.Lock()       # one load at a time; readers never wait on it
 
     @property
@@ -209,10 +215,10 @@ class ModelService:
         with self._lock:
             ref = self._resolve()
             current = self._model
-            if current is not None and current.bundle.source_ref.uri == ref.uri:
+            if current is not None and self._loaded_uri == ref.uri:
                 return False
             model = self._load(ref)
-            self._model = model                 # the swap: one reference assignment
+            self._model, self._loaded_uri = model, ref.uri      # the swap: one reference assignment serves it
             log.info("serving %s (%s) version %s on %s%s", model.name, ref.requested, model.version, model.runtime,
                      "" if current is None else f", was version {current.version}")
             return True
