@@ -1,7 +1,8 @@
 """Image ingest: a folder tree of image files -> fixed-shape uint8 tensor table + quarantine table.
 
 list (new files only) -> label -> read (binaryFile) -> decode/resize and write Parquet in the Python
-workers -> dedup across tasks -> publish the files. Spark carries only one small outcome row per file.
+workers -> dedup across tasks (-> near-dedup by embeddings, ``ingest_images.near_dedup``) -> publish the files.
+Spark carries only one small outcome row per file.
 Reruns are idempotent and incremental (see ``dlspark.ingest``).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dlspark.images import ImageSpec
 from dlspark.images.batches import BLOB_COLUMNS, OUTCOME_DDL, ImageBatchJob, decode_batch, table_schema
 from dlspark.ingest.commit import IngestReport, IngestTarget, StagedWrite, commit_ingest, label_mapping
 from dlspark.ingest.files import Sidecar, find_new_files, released_on_error
+from dlspark.ingest.near_dedup import near_dedup_stage
 from dlspark.ingest.reading import read_then
 from dlspark.paths import resolve_path
 from dlspark.runlog import StageTimings
@@ -48,7 +50,7 @@ def ingest_images(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestR
         records = _decode(files, cfg, job, staged) if counts.new else _empty_records(spark)
     context = {"input": source, "config_hash": config_hash(cfg), "image_shape": list(_spec(icfg).shape)}
     return commit_ingest(spark, records, listing, counts, target, run_id=run_id, timings=timings, context=context,
-                         staged=staged)
+                         staged=staged, near_dedup=near_dedup_stage(spark, cfg, icfg.near_dedup, target.output))
 
 
 def image_target(cfg: AppConfig) -> IngestTarget:

@@ -1,8 +1,8 @@
 """Text ingest: CSV / JSON lines / Parquet with a text (and label) column -> tokenized table + quarantine.
 
 read (new files only; malformed records kept) -> spread over the cores -> normalise, label and tokenize
-in Arrow batches, the Python workers writing Parquet themselves -> dedup on the normalised text ->
-publish the files. Spark carries only one small outcome row per record. Same idempotency and
+in Arrow batches, the Python workers writing Parquet themselves -> dedup on the normalised text (-> near-dedup
+by embeddings, ``ingest_text.near_dedup``) -> publish the files. Spark carries only one small outcome row per record. Same idempotency and
 incremental rules as image ingest.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dlspark.config import AppConfig, TextIngestConfig, config_hash
 from dlspark.filesystem import remove
 from dlspark.ingest.commit import IngestReport, IngestTarget, StagedWrite, commit_ingest, label_mapping
 from dlspark.ingest.files import Sidecar, find_new_files, released_on_error
+from dlspark.ingest.near_dedup import near_dedup_stage
 from dlspark.ingest.reading import CHANGED
 from dlspark.ingest.text_inputs import ReadableInputs, plan_inputs
 from dlspark.paths import resolve_path
@@ -65,7 +66,8 @@ def ingest_text(spark: "SparkSession", cfg: AppConfig, run_id: str) -> IngestRep
     context = {"input": source, "config_hash": config_hash(cfg), "max_length": tcfg.max_length, "tokenizer": tcfg.tokenizer}
     try:
         return commit_ingest(spark, records, files, counts, target, run_id=run_id, timings=timings, context=context,
-                             record_metrics=metrics, staged=staged)
+                             record_metrics=metrics, staged=staged,
+                             near_dedup=near_dedup_stage(spark, cfg, tcfg.near_dedup, target.output))
     finally:
         if inputs is not None and inputs.aliases:
             remove(inputs.copy_root)

@@ -37,6 +37,8 @@ from dlspark.tables.staged import STAGED_FILE, StagingArea, drop_records, task_s
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
+    from dlspark.ingest.near_dedup import NearDedup
+
 log = logging.getLogger(__name__)
 
 
@@ -97,13 +99,15 @@ def commit_ingest(
     context: dict[str, Any],
     staged: StagedWrite,
     record_metrics: "Mapping[str, Column] | None" = None,
+    near_dedup: "NearDedup | None" = None,
 ) -> IngestReport:
     """Dedup, publish and account for ``records``, the outcome rows of the new files' records, whose good
     records the workers already wrote to ``staged`` files (:mod:`dlspark.tables.staged`) with labels
     applied: duplicates are removed from those files, then the files are published.
 
     ``record_metrics`` are aggregate expressions over all records seen (e.g. how many texts had
-    undecodable bytes); their values go into the run summary under ``metrics``.
+    undecodable bytes); their values go into the run summary under ``metrics``. ``near_dedup`` (the optional
+    stage of :mod:`dlspark.ingest.near_dedup`) turns near-duplicates of the rows to write into duplicates.
     """
     records = records.persist(StorageLevel.MEMORY_AND_DISK)
     cleanup: list["DataFrame"] = []
@@ -118,6 +122,12 @@ def commit_ingest(
             # small outcome rows, read by several actions: decide dedup once
             classified = with_outcome(records, _existing_hashes(spark, target), dedup=target.dedup).persist(StorageLevel.MEMORY_AND_DISK)
             cleanup.append(classified)
+            if near_dedup is not None:
+                with timings.stage("near_dedup"):
+                    classified, near = near_dedup(classified, staged.id_column, run_id)
+                    context = {**context, "near_dedup": near}
+                    classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
+                    cleanup.insert(0, classified)
             with timings.stage("dedup"):  # the first action on `classified`: where dedup is computed
                 tally = tally_outcomes(classified, STAGED_FILE)
             writes = _publish_outputs(spark, classified, tally, target, run_id, timings, staged)
