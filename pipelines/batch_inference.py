@@ -4,7 +4,7 @@ resolve the model (alias pinned to a version) -> download it once, ship it to ex
 input table (Delta version or file fingerprint) -> skip if this (input, model) pair was already scored ->
 ``mapInArrow`` scoring -> append to the output table partitioned by ``scored_date`` -> reconcile counts
 (every input row is in the output exactly once, with a prediction or an error) -> accuracy where labels
-exist, computed from the written rows.
+exist, computed from the written rows (-> with ``inference.explain``, attributions for ``explain.rows`` of them).
 
 Idempotent per (input version, model version): the pair's ``scoring_key`` is recorded in
 ``<output>/_dlspark/scoring/<key>.json`` after a successful write; a rerun finds it and writes nothing.
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Mapping
 
 from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig, ConfigError
+from dlspark.explain.explain_table import ExplainReport, explain_table
 from dlspark.inference.model import ModelBundle, expected_labels, load_model, requested_model, resolve_model
 from dlspark.inference.runtime import SOURCE_TAG as SOURCE_MODEL_TAG
 from dlspark.inference.spark_scoring import label_accuracy, score_rows
@@ -57,14 +58,16 @@ class ScoringReport:
     error_reasons: dict[str, int] = field(default_factory=dict)
     runtime: str = "source"         # source | onnx | onnx-int8 | torchscript (inference.runtime's choice)
     runtime_reason: str = ""
+    explanations: str | None = None  # what inference.explain did (ExplainReport.describe), None when off
 
     def describe(self) -> str:
         acc = "no labels" if self.accuracy is None else f"accuracy {self.accuracy:.4f} on {self.labelled} labelled rows"
         train = "" if self.train_test_accuracy is None else f" (training test_accuracy {self.train_test_accuracy:.4f})"
         verb = "already scored, nothing written" if self.skipped else "scored"
         runtime = "" if self.runtime == "source" else f", runtime {self.runtime} ({self.runtime_reason})"
+        explained = f"; explanations: {self.explanations}" if self.explanations else ""
         return (f"{self.model} [{self.flavor}{runtime}] on {self.input_table}@{self.input_version}: {verb}; rows {self.rows} = "
-                f"{self.scored} predicted + {self.errors} errors; {acc}{train}; output {self.output}")
+                f"{self.scored} predicted + {self.errors} errors; {acc}{train}; output {self.output}{explained}")
 
 
 def score_table(spark: SparkSession, cfg: AppConfig, run_id: str, bundle: ModelBundle | None = None) -> ScoringReport:
@@ -99,8 +102,18 @@ def score_table(spark: SparkSession, cfg: AppConfig, run_id: str, bundle: ModelB
                    scored_date=now.date().isoformat(), train_test_accuracy=_train_test_accuracy(target, bundle))
     write_json(marker, summary)
     report = _report(summary, skipped=False)
+    if icfg.explain:
+        report = replace(report, explanations=explain_scored(spark, cfg, bundle, run_id).describe())
     log.info("%s", report.describe())
     return report
+
+
+def explain_scored(spark: SparkSession, cfg: AppConfig, bundle: ModelBundle, run_id: str) -> ExplainReport:
+    """``inference.explain``: explain ``explain.rows`` of the rows just scored (same input and split) with the scored
+    version's pytorch source, under the ``explain`` settings."""
+    icfg = cfg.inference
+    settings = replace(cfg.explain, model=bundle.source_ref.uri, input=icfg.input or cfg.train.table, split=icfg.split)
+    return explain_table(spark, replace(cfg, explain=settings), run_id)
 
 
 @dataclass(frozen=True)
@@ -132,7 +145,6 @@ def compare_challenger(spark: SparkSession, cfg: AppConfig, run_id: str) -> Comp
     predictions table (each idempotent as :func:`score_table`), and write the offline comparison: agreement, both
     accuracies, and the accuracy of the answers the split would have given, assigning each row by the sticky
     point of its id exactly as serving assigns a request by its ``x-rollout-key``."""
-    from dataclasses import replace
 
     from dlspark.traffic_split import start_share
 

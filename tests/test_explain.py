@@ -157,13 +157,24 @@ def test_explain_job_writes_one_row_per_input_row_with_errors_and_a_report(spark
     page = (tmp_path / "reports" / "explanations" / "run-x" / "report.html").read_text()
     assert "Integrated Gradients" in page and page.count("<img") >= 1 and "predicted" in page
 
+    from dataclasses import replace
+
+    from pipelines.batch_inference import score_table
+
+    batch_cfg = replace(cfg, inference=replace(cfg.inference, explain=True, split="test"),
+                        explain=replace(cfg.explain, rows=10, input="tables/nowhere", split=None))
+    scored = score_table(spark, batch_cfg, "run-b")           # inference.explain: the scored rows, not explain.input
+    assert scored.rows == n + 1 and " of 10 rows explained" in (scored.explanations or "")
+    batch_rows = spark.read.parquet(report.output).where("run_id = 'run-b'")
+    assert batch_rows.count() == 10 and batch_rows.where("prediction is not null or error is not null").count() == 10
+
 
 def test_explain_refuses_a_split_the_input_does_not_have(spark, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from dlspark.config import ConfigError, load_config
-    from pipelines.explain import select_rows
+    from dlspark.explain.explain_table import select_rows
 
     (tmp_path / "t").mkdir()
     pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "t" / "part-0.parquet")
