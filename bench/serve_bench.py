@@ -60,8 +60,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "jobs/serve.py", "--pipeline", "image_classification", "--set", f"serve.port={port}",
+def start_server(port: int, extra: list[str], pipeline: str = "image_classification") -> subprocess.Popen:
+    cmd = [sys.executable, "jobs/serve.py", "--pipeline", pipeline, "--set", f"serve.port={port}",
            "--set", "serve.reload_seconds=0", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -132,7 +132,13 @@ def drive(port: int, images: list[bytes], concurrency: int, seconds: float, warm
     prepared request bytes, so its own CPU (it shares the machine with the server) stays small. After a 503 a
     client waits the answer's ``Retry-After`` (as retrying HTTP clients do, e.g. urllib3's ``Retry``) unless
     ``honour_retry_after`` is False (every client retries at once: a retry storm)."""
-    requests = [REQUEST_HEAD % len(b) + b for b in images]
+    return drive_requests(port, [REQUEST_HEAD % len(b) + b for b in images], concurrency, seconds, warmup,
+                          honour_retry_after)
+
+
+def drive_requests(port: int, requests: list[bytes], concurrency: int, seconds: float, warmup: float,
+                   honour_retry_after: bool = True) -> dict:
+    """:func:`drive` with prepared HTTP/1.1 requests (any endpoint), sent in turn."""
     tally = Tally()
 
     async def client(k: int, measure_from: float, stop_at: float) -> None:
