@@ -14,12 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pyspark.sql import functions as F
 
 from dlspark.config import AppConfig, ConfigError
 from dlspark.embeddings.index_store import MANIFEST, IndexMissing, Neighbour, VectorIndex, index_location
-from dlspark.embeddings.spark_embed import embed_dataframe
+from dlspark.embeddings.spark_embed import build_index_shards, embed_dataframe
 from dlspark.inference.model import load_model
 from dlspark.inference.spark_scoring import source_torch_spec
 from dlspark.paths import resolve_path
@@ -109,17 +108,17 @@ def _indexed(cfg: AppConfig) -> tuple[Any, str, VectorIndex]:
 
 
 def build_index(mine: DataFrame, key: str, index_dir: Path, cfg: AppConfig, model: str) -> int:
-    """The HNSW index of every vector in ``mine`` (one model version), written to ``index_dir``; its size."""
-    label = [F.col("label").cast("string").alias("label")] if "label" in mine.columns else [F.lit(None).cast("string").alias("label")]
-    rows = (mine.where(F.col("embedding").isNotNull()).select(key, "embedding", *label).dropDuplicates([key])
-            .orderBy(key).collect())
-    if not rows:
+    """The HNSW index of every vector in ``mine`` (one model version), built per partition on the executors
+    (``embed.shard_rows`` vectors a shard) and written to ``index_dir``; its size."""
+    label = F.col("label") if "label" in mine.columns else F.lit(None).cast("string").alias("label")
+    vectors = mine.where(F.col("embedding").isNotNull()).select(key, "embedding", label).dropDuplicates([key])
+    index = build_index_shards(vectors, key, cfg.embed.shard_rows, cfg.embed.hnsw_m, cfg.embed.ef_construction,
+                               {"model": model})
+    if index is None:
         log.warning("no vectors of %s to index", model)
         return 0
-    vectors = np.asarray([r["embedding"] for r in rows], np.float32)
-    index = VectorIndex.build(key, [str(r[key]) for r in rows], [r["label"] for r in rows], vectors, {"model": model},
-                              hnsw_m=cfg.embed.hnsw_m, ef_construction=cfg.embed.ef_construction)
     index.save(index_dir)
+    log.info("index of %d vectors of %s in %d shard(s): %s", len(index), model, len(index.shards), index_dir)
     return len(index)
 
 

@@ -95,6 +95,32 @@ def test_hnsw_recall_at_10_against_exact_and_a_saved_index_answers_the_same(tmp_
     assert low <= recall_at_k(found, exact_topk(x, queries, 10))          # ef_search trades recall for speed
 
 
+def test_a_sharded_index_answers_like_one_over_all_rows_and_saves_its_shards(tmp_path):
+    from dlspark.embeddings.index_store import VectorIndex
+
+    x = _clustered(6_000, 32, 50, 3)
+    queries = _clustered(300, 32, 50, 4)
+    keys = [f"k{i:05d}" for i in range(len(x))]
+    labels = [str(i % 7) for i in range(len(x))]
+    cuts = [0, 1_000, 3_500, 6_000]                                  # uneven shards, as range partitions give
+    shards = [build_hnsw(x[a:b]) for a, b in zip(cuts, cuts[1:])]
+    index = VectorIndex.from_shards("key", keys, labels, shards, {"model": "m"}, 32, 200)
+    truth = exact_topk(x, queries, 10)
+    found = index.search(queries, 10)
+    assert found.ids.min() >= 0 and recall_at_k(found, truth) >= 0.95
+    assert (np.diff(found.scores, axis=1) <= 1e-6).all()              # merged best first across shards
+    assert index.vector("k04321").tolist() == pytest.approx(x[4321].tolist(), abs=1e-6)
+    np.testing.assert_allclose(index.vectors(), x, atol=1e-6)
+    hits = index.nearest(x[[10, 5_000]], 3, exclude=["k00010", None])
+    assert "k00010" not in [h.key for h in hits[0]] and hits[1][0].key == "k05000" and hits[1][0].label == str(5000 % 7)
+    index.save(tmp_path / "idx")
+    again = VectorIndex.load(tmp_path / "idx")
+    assert again.manifest["shards"] == 3 and len(again) == 6_000
+    np.testing.assert_array_equal(again.search(queries, 10).ids, found.ids)
+    with pytest.raises(ValueError, match="6000 vectors but 5999 keys"):
+        VectorIndex.from_shards("key", keys[:-1], labels[:-1], shards, {}, 32, 200)
+
+
 # ---------------------------------------------------------------- the job on Spark
 
 def _image_table(root, start: int, n: int, bad: int = 0) -> None:
@@ -117,14 +143,15 @@ def test_embed_job_is_incremental_and_its_index_finds_each_row_itself(spark, tmp
     import json
 
     from dlspark.config import load_config
-    from dlspark.embeddings.ann import load_index, search
+    from dlspark.embeddings.index_store import VectorIndex
     from pipelines.embed import embed as embed_job
     from tests.inference_models import register_image_model
 
     register_image_model(tmp_path)
     _image_table(tmp_path, 0, 40, bad=1)
     cfg = load_config(pipeline="image_classification", overrides=[
-        f"paths.data_dir={tmp_path}", "mlflow.registered_model=test-images", "train.table=tables/images"])
+        f"paths.data_dir={tmp_path}", "mlflow.registered_model=test-images", "train.table=tables/images",
+        "embed.shard_rows=16"])                                    # 40 vectors, then 50: 3, then 4 shards built per partition
     first = embed_job(spark, cfg, "run-1")
     assert (first.input_rows, first.embedded, first.refused, first.skipped, first.vectors) == (41, 41, 1, 0, 40)
     again = embed_job(spark, cfg, "run-2")
@@ -136,10 +163,11 @@ def test_embed_job_is_incremental_and_its_index_finds_each_row_itself(spark, tmp
     assert table.count() == 51 and table.where("error is not null").count() == 1
     folder = tmp_path / "tables" / "embeddings" / "test-images" / "_index" / "test-images-v1"
     keys = json.loads((folder / "keys.json").read_text())["keys"]
-    assert json.loads((folder / "manifest.json").read_text())["vectors"] == 50 == len(keys)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["vectors"] == 50 == len(keys) and manifest["shards"] == 4 and keys == sorted(keys)
     vectors = {r["sha256"]: r["embedding"] for r in table.where("embedding is not null").collect()}
-    queries = np.asarray([vectors[k] for k in keys[:20]], np.float32)
-    found = search(load_index(folder / "index.faiss"), queries, 1)
+    queries = np.asarray([vectors[k] for k in keys], np.float32)
+    found = VectorIndex.load(folder).search(queries, 1)
     sims = np.asarray([float(np.dot(vectors[keys[i]], vectors[keys[int(j)]])) for i, j in enumerate(found.ids[:, 0])])
     assert (sims > 0.9999).all()          # each row's nearest is itself (or an identical vector)
     from pipelines.embed import find_duplicates, similar

@@ -569,9 +569,11 @@ class EmbedConfig:
     index: bool = True                    # build the HNSW index of the model version's vectors beside the table
     hnsw_m: int = 32
     ef_construction: int = 200
+    shard_rows: int = 250_000             # vectors per index shard: one shard per partition, built on the executors
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, f"embed.batch_size: must be >= 1, got {self.batch_size}")
+        _require(self.shard_rows >= 1, f"embed.shard_rows: must be >= 1, got {self.shard_rows}")
         _require(self.hnsw_m >= 4 and self.ef_construction >= self.hnsw_m,
                  "embed.hnsw_m: must be >= 4, and embed.ef_construction >= embed.hnsw_m")
 

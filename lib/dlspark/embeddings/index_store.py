@@ -1,12 +1,14 @@
 """The saved nearest-neighbour index of one model version's embeddings, and the searches every caller makes of it
 (the embed job's ``--similar-to`` and ``--duplicates``, ``GET/POST /similar`` in serving, ingest's near-dedup).
 
-Folder: ``<embed.output>/_index/<model name>-v<version>/`` with ``index.faiss`` (HNSW over unit vectors),
+Folder: ``<embed.output>/_index/<model name>-v<version>/`` with ``index.faiss`` (HNSW over unit vectors; or
+``index-00000.faiss``... when it was built per partition, one shard each),
 ``keys.json`` (the row key of each vector in index order, and its label) and ``manifest.json`` (model, vectors,
 dimension, HNSW settings, build time). Pure code: faiss, json, numpy.
 """
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from dlspark.embeddings.ann import build_hnsw, load_index, save_index, search
+from dlspark.embeddings.ann import Neighbours, build_hnsw, load_index, save_index, search
 from dlspark.filesystem import write_text
 from dlspark.paths import resolve_path
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from dlspark.config import AppConfig
 
 MANIFEST = "manifest.json"
+INDEX_FILE = "index.faiss"          # the one shard's file; several shards: index-00000.faiss, index-00001.faiss, ...
 
 
 class IndexMissing(LookupError):
@@ -55,17 +58,28 @@ def index_location(cfg: AppConfig, name: str | None, version: str | None) -> tup
 
 @dataclass
 class VectorIndex:
-    """A loaded index: the faiss index, the row key and label of each vector, and the manifest."""
+    """A loaded index: its faiss HNSW shards, the row key and label of each vector, and the manifest.
 
-    index: Any
+    Shard ``s`` holds the vectors at positions ``offsets[s]:offsets[s + 1]`` of ``keys`` (keys sorted, each shard a
+    key range): one shard when the driver builds it, one per partition when ``jobs/embed.py`` builds it on the
+    executors. A search asks every shard for its ``k`` nearest and keeps the best ``k`` of them all.
+    """
+
+    shards: list[Any]
     key_column: str
     keys: list[str]
     labels: list[str | None]
     manifest: dict[str, Any]
     positions: dict[str, int] = field(init=False, repr=False)
+    offsets: list[int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.positions = {k: i for i, k in enumerate(self.keys)}
+        self.offsets = [0]
+        for shard in self.shards:
+            self.offsets.append(self.offsets[-1] + int(shard.ntotal))
+        if self.offsets[-1] != len(self.keys):
+            raise ValueError(f"the index shards hold {self.offsets[-1]} vectors but {len(self.keys)} keys were given")
 
     @property
     def built_at(self) -> str:
@@ -84,29 +98,53 @@ class VectorIndex:
         keys = [str(k) for k in stored["keys"]]
         labels = stored.get("labels") or [None] * len(keys)
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        return cls(load_index(folder / "index.faiss"), stored["key"], keys, labels, manifest)
+        shards = [load_index(folder / name) for name in manifest.get("files", [INDEX_FILE])]
+        return cls(shards, stored["key"], keys, labels, manifest)
 
     @classmethod
     def build(cls, key_column: str, keys: Sequence[str], labels: Sequence[str | None], vectors: np.ndarray,
               manifest: dict[str, Any], hnsw_m: int = 32, ef_construction: int = 200) -> "VectorIndex":
+        """One shard over ``vectors`` (built here)."""
         index = build_hnsw(np.ascontiguousarray(vectors, np.float32), m=hnsw_m, ef_construction=ef_construction)
-        manifest = {**manifest, "vectors": len(keys), "dim": int(vectors.shape[1]), "metric": "cosine", "hnsw_m": hnsw_m,
-                    "ef_construction": ef_construction,
+        return cls.from_shards(key_column, keys, labels, [index], manifest, hnsw_m, ef_construction)
+
+    @classmethod
+    def from_shards(cls, key_column: str, keys: Sequence[str], labels: Sequence[str | None], shards: Sequence[Any],
+                    manifest: dict[str, Any], hnsw_m: int, ef_construction: int) -> "VectorIndex":
+        """Shards built elsewhere (``jobs/embed.py``: one per partition on the executors), in key order."""
+        dim = int(shards[0].d) if shards else 0
+        manifest = {**manifest, "vectors": len(keys), "dim": dim, "metric": "cosine", "hnsw_m": hnsw_m,
+                    "ef_construction": ef_construction, "shards": len(shards),
+                    "files": [INDEX_FILE] if len(shards) == 1 else [f"index-{s:05d}.faiss" for s in range(len(shards))],
                     "built_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
-        return cls(index, key_column, list(keys), list(labels), manifest)
+        return cls(list(shards), key_column, list(keys), list(labels), manifest)
 
     def save(self, folder: str | Path) -> None:
-        """Index and keys first, the manifest last: a folder with a manifest is complete."""
-        save_index(self.index, f"{folder}/index.faiss")
+        """Shards and keys first, the manifest last: a folder with a manifest is complete."""
+        for shard, name in zip(self.shards, self.manifest["files"]):
+            save_index(shard, f"{folder}/{name}")
         write_text(f"{folder}/keys.json", json.dumps({"key": self.key_column, "keys": self.keys, "labels": self.labels}))
         write_text(f"{folder}/{MANIFEST}", json.dumps(self.manifest, indent=1))
 
     def vector(self, key: str) -> np.ndarray:
         """The stored unit vector of row ``key``; KeyError when the index has no such row."""
-        return self.index.reconstruct(self.positions[key]).astype(np.float32)
+        position = self.positions[key]
+        s = bisect.bisect_right(self.offsets, position) - 1
+        return self.shards[s].reconstruct(position - self.offsets[s]).astype(np.float32)
 
     def vectors(self) -> np.ndarray:
-        return self.index.reconstruct_n(0, self.index.ntotal).astype(np.float32)
+        return np.concatenate([shard.reconstruct_n(0, shard.ntotal) for shard in self.shards]).astype(np.float32)
+
+    def search(self, queries: np.ndarray, k: int, ef_search: int = 128) -> Neighbours:
+        """The ``k`` nearest positions (into ``keys``) of each query over all shards, best first."""
+        queries = np.asarray(queries, np.float32)
+        found = [search(shard, queries, min(k, int(shard.ntotal)), ef_search=ef_search) for shard in self.shards]
+        if len(found) == 1:
+            return found[0]
+        ids = np.concatenate([np.where(f.ids >= 0, f.ids + offset, -1) for f, offset in zip(found, self.offsets)], axis=1)
+        scores = np.concatenate([np.where(f.ids >= 0, f.scores, -np.inf) for f in found], axis=1)
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return Neighbours(np.take_along_axis(ids, best, axis=1), np.take_along_axis(scores, best, axis=1).astype(np.float32))
 
     def nearest(self, queries: np.ndarray, k: int, ef_search: int = 128,
                 exclude: Sequence[str | None] | None = None) -> list[list[Neighbour]]:
@@ -114,8 +152,7 @@ class VectorIndex:
         query ``i``'s answer (the row itself, when searching by id)."""
         if not len(self.keys) or not len(queries):
             return [[] for _ in range(len(queries))]
-        found = search(self.index, np.asarray(queries, np.float32), min(k + (exclude is not None), len(self.keys)),
-                       ef_search=ef_search)
+        found = self.search(queries, min(k + (exclude is not None), len(self.keys)), ef_search=ef_search)
         out = []
         for q, (ids, scores) in enumerate(zip(found.ids, found.scores)):
             skip = exclude[q] if exclude is not None else None
