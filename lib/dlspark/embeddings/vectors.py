@@ -34,14 +34,7 @@ def classifier_head(model: nn.Module, num_classes: int) -> nn.Linear:
 @torch.no_grad()
 def embed(model: nn.Module, inputs: Any, num_classes: int) -> np.ndarray:
     """``[B, D]`` float32 unit vectors: what the head of ``model`` reads for ``inputs`` (one forward pass)."""
-    captured: list[torch.Tensor] = []
-    hook = classifier_head(model, num_classes).register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
-    try:
-        model.eval()(inputs)
-    finally:
-        hook.remove()
-    vectors = captured[-1].float().flatten(1)
-    return torch.nn.functional.normalize(vectors, dim=1).numpy().astype(np.float32)
+    return HeadInput(model.eval(), num_classes)(inputs).numpy().astype(np.float32)
 
 
 def embed_inputs(model: nn.Module | Callable[[np.ndarray], np.ndarray], inputs: ModelInputs, kind: str,

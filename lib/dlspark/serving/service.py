@@ -167,13 +167,19 @@ def run_batch(model: ServedModel, values: Sequence[np.ndarray | str]) -> list[di
     return _rows(model, prediction_columns(probs, inputs, model.spec.labels, model.spec.top_k, len(values)))
 
 
+def instance_error(index: int, error: str) -> InstanceError:
+    """Instance ``index``'s input error (``"reason: detail"``) as the request error: 503 for a value prepared for
+    another model version (retry), else 422."""
+    reason, _, detail = error.partition(": ")
+    return InstanceError(index, reason, detail, status=503 if reason == "model_changed" else 422)
+
+
 def _rows(model: ServedModel, columns: list[pa.Array]) -> list[dict[str, Any] | Exception]:
     label, index, prob, _, top_k, error = (c.to_pylist() for c in columns)
     out: list[dict[str, Any] | Exception] = []
     for i in range(len(label)):
         if error[i] is not None:
-            reason, _, detail = error[i].partition(": ")
-            out.append(InstanceError(i, reason, detail, status=503 if reason == "model_changed" else 422))
+            out.append(instance_error(i, error[i]))
             continue
         out.append({"label": label[i], "index": index[i], "probability": prob[i], "top_k": top_k[i],
                     "model": model.name, "version": model.version})

@@ -21,7 +21,7 @@ import numpy as np
 
 from dlspark.embeddings.index_store import MANIFEST, IndexMissing, Neighbour, VectorIndex
 from dlspark.inference.model import ModelRef
-from dlspark.serving.service import InstanceError, ModelService, ServedModel, batch_inputs
+from dlspark.serving.service import ModelService, ServedModel, batch_inputs, instance_error
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ class SimilarModel:
 
     def embed_values(self, values: Sequence[np.ndarray | str]) -> list[tuple[np.ndarray, SimilarModel] | Exception]:
         """One forward pass over prepared values (decoded pixels or texts, from any number of requests): per value
-        its unit vector with this model (whose index it must be searched in), or the :class:`InstanceError`."""
+        its unit vector with this model (whose index it must be searched in), or the
+        :class:`~dlspark.serving.service.InstanceError`."""
         from dlspark.embeddings.vectors import embed_inputs
 
         inputs = batch_inputs(self.served, values)
@@ -99,8 +100,7 @@ class SimilarModel:
             if i in found:
                 out.append((found[i], self))
             else:
-                reason, _, detail = (error or "internal: no vector").partition(": ")
-                out.append(InstanceError(i, reason, detail, status=503 if reason == "model_changed" else 422))
+                out.append(instance_error(i, error or "internal: no vector"))
         return out
 
     def nearest(self, vector: np.ndarray, k: int, ef_search: int) -> list[Neighbour]:
